@@ -1,0 +1,103 @@
+//! Test helpers shared by the kto crates (never a normal dependency).
+//!
+//! - [`device`] and [`cpu_devices`]: the CPU backends tests run on. Never `Device::default()`: it
+//!   picks the most capable backend compiled in, so a `cuda` feature enabled anywhere in the build
+//!   would silently move unit tests to a GPU.
+//! - Named tolerances ([`EXACT_MATH`], [`CROSS_FRAMEWORK`]), [`tolerance`] and [`assert_close!`].
+//! - [`fixture`] and [`read_jsonl`]: files under the workspace's `tests/fixtures/`.
+#![deny(missing_docs)]
+
+use std::path::PathBuf;
+
+use burn::tensor::{Device, Tolerance};
+
+/// Losses, KL and rewards recomputed from given log-probs: f32 arithmetic against TRL's float64
+/// re-derivation of its own f32 numbers. `(relative, absolute)`.
+pub const EXACT_MATH: (f64, f64) = (1e-6, 1e-6);
+/// Sequence log-probs computed by burn against PyTorch's (different kernels and summation order).
+/// `(relative, absolute)`.
+pub const CROSS_FRAMEWORK: (f64, f64) = (1e-4, 2e-4);
+
+/// One of the named `(relative, absolute)` pairs as a burn tolerance for
+/// `TensorData::assert_approx_eq`.
+pub fn tolerance((relative, absolute): (f64, f64)) -> Tolerance<f32> {
+    Tolerance::rel_abs(relative, absolute)
+}
+
+/// The default test device: the flex CPU backend.
+pub fn device() -> Device {
+    Device::flex()
+}
+
+/// Every CPU backend the parity tests run on: flex (the default) and ndarray (deterministic,
+/// single device; deprecated upstream but the design's reference test backend).
+pub fn cpu_devices() -> Vec<(&'static str, Device)> {
+    #[allow(deprecated)]
+    let ndarray = Device::ndarray();
+    vec![("flex", Device::flex()), ("ndarray", ndarray)]
+}
+
+/// Root of the workspace (two levels above this crate).
+pub fn workspace_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+/// A path under `tests/fixtures/`.
+pub fn fixture(relative: &str) -> PathBuf {
+    workspace_root().join("tests/fixtures").join(relative)
+}
+
+/// Reads a JSONL fixture into one JSON value per line.
+///
+/// # Panics
+/// When the file is missing or a line is not JSON (a broken fixture is a test bug).
+pub fn read_jsonl(relative: &str) -> Vec<serde_json::Value> {
+    let path = fixture(relative);
+    let text = std::fs::read_to_string(&path)
+        .unwrap_or_else(|e| panic!("reading fixture {}: {e}", path.display()));
+    text.lines()
+        .filter(|line| !line.trim().is_empty())
+        .enumerate()
+        .map(|(i, line)| {
+            serde_json::from_str(line)
+                .unwrap_or_else(|e| panic!("{}:{}: {e}", path.display(), i + 1))
+        })
+        .collect()
+}
+
+/// Reads a JSON fixture.
+///
+/// # Panics
+/// When the file is missing or not JSON.
+pub fn read_json(relative: &str) -> serde_json::Value {
+    let path = fixture(relative);
+    let text = std::fs::read_to_string(&path)
+        .unwrap_or_else(|e| panic!("reading fixture {}: {e}", path.display()));
+    serde_json::from_str(&text).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
+/// `true` when `actual` is within `rel * |expected| + abs` of `expected`.
+pub fn is_close(actual: f64, expected: f64, rel: f64, abs: f64) -> bool {
+    (actual - expected).abs() <= abs + rel * expected.abs()
+}
+
+/// Asserts two floats are close: `assert_close!(a, b, rel = 1e-6, abs = 1e-6)` or
+/// `assert_close!(a, b, (rel, abs))` with one of the named tolerance pairs, plus an optional
+/// context message.
+#[macro_export]
+macro_rules! assert_close {
+    ($actual:expr, $expected:expr, rel = $rel:expr, abs = $abs:expr $(, $($msg:tt)+)?) => {{
+        let (actual, expected): (f64, f64) = (($actual) as f64, ($expected) as f64);
+        if !$crate::is_close(actual, expected, $rel, $abs) {
+            panic!(
+                "assert_close failed{}: actual {actual:e}, expected {expected:e}, diff {:e} (rel {}, abs {})",
+                { #[allow(unused_mut)] let mut s = String::new(); $( s = format!(" ({})", format!($($msg)+)); )? s },
+                (actual - expected).abs(), $rel, $abs
+            );
+        }
+    }};
+    ($actual:expr, $expected:expr, $tol:expr $(, $($msg:tt)+)?) => {{
+        let (rel, abs): (f64, f64) = $tol;
+        $crate::assert_close!($actual, $expected, rel = rel, abs = abs $(, $($msg)+)?)
+    }};
+}
