@@ -1,0 +1,58 @@
+//! [`CausalLm`]: what a model must offer to be trained with KTO.
+
+use burn::prelude::*;
+
+/// A decoder-only language model, split into its body and its output projection.
+///
+/// KTO needs per-token log-probabilities of completion tokens only. Asking a model for its
+/// `[batch, seq, vocab]` logits would materialise the largest tensor of the whole step (for a
+/// 150k vocabulary and 2k tokens that is 1.2 GB per row in f32) for positions that are mostly
+/// prompt and padding. So the trait separates the two halves: [`hidden_states`] runs the
+/// transformer once, and [`project`] is applied by [`crate::completion_logps`] to small slices of
+/// positions, so peak memory stays `O(batch × chunk × vocab)`.
+///
+/// # Implementing it for your own burn model
+///
+/// - `hidden_states` returns the final hidden states, *after* the last normalisation, for every
+///   position. It must be a pure `&self` forward: causal attention, right padding
+///   (`attention_mask` is `true` on real tokens, padding only at the end of a row), positions
+///   `0..seq` for every row.
+/// - `project` applies the output head (the `lm_head`, or the transposed embedding matrix for
+///   tied embeddings, plus any bias or soft-capping) to any slice of hidden states.
+/// - Both run on the device of their inputs; under `device.autodiff()` they must be
+///   differentiable with respect to the model's parameters.
+///
+/// A minimal implementation (an embedding table and a linear head) is in the kto-core tests and
+/// in the book's chapter "Using kto-core in your own burn project".
+///
+/// [`hidden_states`]: CausalLm::hidden_states
+/// [`project`]: CausalLm::project
+pub trait CausalLm {
+    /// Final hidden states for every position.
+    ///
+    /// # Shapes
+    /// - `input_ids`: `[batch, seq]`, token ids
+    /// - `attention_mask`: `[batch, seq]`, `true` on real tokens (right padding)
+    /// - returns: `[batch, seq, d_model]`; position `t` is the state that predicts token `t + 1`
+    fn hidden_states(&self, input_ids: Tensor<2, Int>, attention_mask: Tensor<2, Bool>) -> Tensor<3>;
+
+    /// The output projection: hidden states to next-token logits.
+    ///
+    /// # Shapes
+    /// - `hidden`: `[batch, positions, d_model]`, any contiguous slice of positions
+    /// - returns: `[batch, positions, vocab]`
+    fn project(&self, hidden: Tensor<3>) -> Tensor<3>;
+
+    /// Width of [`project`](CausalLm::project)'s output.
+    fn vocab_size(&self) -> usize;
+
+    /// Full logits for every position. Convenient for inspection and generation; training code
+    /// uses the chunked [`crate::completion_logps`] instead.
+    ///
+    /// # Shapes
+    /// - `input_ids`, `attention_mask`: `[batch, seq]`
+    /// - returns: `[batch, seq, vocab]`
+    fn logits(&self, input_ids: Tensor<2, Int>, attention_mask: Tensor<2, Bool>) -> Tensor<3> {
+        self.project(self.hidden_states(input_ids, attention_mask))
+    }
+}
