@@ -10,8 +10,8 @@
 use burn::nn::{Embedding, EmbeddingConfig, Linear, LinearConfig};
 use burn::prelude::*;
 use burn::tensor::activation::log_softmax;
-use criterion::{criterion_group, criterion_main, Criterion};
-use kto::core::{kl_estimate, kto_loss, sequence_logps, CausalLm, KtoLossConfig};
+use criterion::{Criterion, criterion_group, criterion_main};
+use kto::core::{CausalLm, KtoLossConfig, kl_estimate, kto_loss, sequence_logps};
 
 /// Embeddings straight into a linear head: the cost is all in the projection, which is what the
 /// chunking changes.
@@ -42,8 +42,11 @@ const D_MODEL: usize = 512;
 fn bench_loss(c: &mut Criterion) {
     let device = Device::flex();
     let n = 64;
-    let logps = |offset: f32| Tensor::<1>::from_data(TensorData::new((0..n).map(|i| -(i as f32) - offset).collect::<Vec<_>>(), [n]), &device);
-    let desirable = Tensor::<1, Bool>::from_data(TensorData::new((0..n).map(|i| i % 3 != 0).collect::<Vec<_>>(), [n]), &device);
+    let logps = |offset: f32| {
+        Tensor::<1>::from_data(TensorData::new((0..n).map(|i| -(i as f32) - offset).collect::<Vec<_>>(), [n]), &device)
+    };
+    let desirable =
+        Tensor::<1, Bool>::from_data(TensorData::new((0..n).map(|i| i % 3 != 0).collect::<Vec<_>>(), [n]), &device);
     let config = KtoLossConfig::new();
     c.bench_function("loss/kto_loss+kl_estimate batch 64", |b| {
         b.iter(|| {

@@ -8,9 +8,9 @@
 
 use burn::prelude::*;
 use kto::core::{
-    kl_estimate, kto_loss, microbatch_metrics, KtoLossConfig, LossType, MetricsAggregator, MicroBatchInputs, Mode,
+    KtoLossConfig, LossType, MetricsAggregator, MicroBatchInputs, Mode, kl_estimate, kto_loss, microbatch_metrics,
 };
-use kto_testkit::{assert_close, cpu_devices, read_json, read_jsonl, EXACT_MATH};
+use kto_testkit::{EXACT_MATH, assert_close, cpu_devices, read_json, read_jsonl};
 use serde_json::Value;
 
 const CASES: [&str; 9] = [
@@ -78,12 +78,11 @@ fn loss_kl_rewards_and_per_example_losses_match_trl_for_every_case() {
                     assert_close!(*got, want, EXACT_MATH, "{at}: reward {i}");
                 }
                 let losses: Vec<f32> = out.losses.into_data().iter::<f32>().collect();
-                let desirable_first: Vec<f32> = (0..n)
-                    .filter(|&i| labels[i])
-                    .chain((0..n).filter(|&i| !labels[i]))
-                    .map(|i| losses[i])
-                    .collect();
-                for (i, (got, want)) in desirable_first.iter().zip(floats(&d["weighted_losses_desirable_first"])).enumerate() {
+                let desirable_first: Vec<f32> =
+                    (0..n).filter(|&i| labels[i]).chain((0..n).filter(|&i| !labels[i])).map(|i| losses[i]).collect();
+                for (i, (got, want)) in
+                    desirable_first.iter().zip(floats(&d["weighted_losses_desirable_first"])).enumerate()
+                {
                     assert_close!(*got, want, EXACT_MATH, "{at}: weighted loss {i}");
                 }
 
@@ -99,7 +98,9 @@ fn loss_kl_rewards_and_per_example_losses_match_trl_for_every_case() {
                     num_tokens: 0.0,
                 });
                 let appended = mb["metrics_appended"].as_object().expect("metrics_appended");
-                for key in ["kl", "rewards/chosen", "logps/chosen", "rewards/rejected", "logps/rejected", "rewards/margins"] {
+                for key in
+                    ["kl", "rewards/chosen", "logps/chosen", "rewards/rejected", "logps/rejected", "rewards/margins"]
+                {
                     let ours = metrics.iter().find(|m| m.key == key).map(|m| m.value);
                     let theirs = appended.get(key).map(|v| v[0].as_f64().expect("number"));
                     match (ours, theirs) {
@@ -130,7 +131,8 @@ fn aggregating_trl_appended_values_gives_trl_logged_metrics() {
             let step = &line["step"];
             for mb in micro.iter().filter(|mb| &mb["step"] == step) {
                 for (key, values) in mb["metrics_appended"].as_object().expect("object") {
-                    let reduction = if key == "num_tokens" { kto::core::Reduction::Last } else { kto::core::Reduction::Mean };
+                    let reduction =
+                        if key == "num_tokens" { kto::core::Reduction::Last } else { kto::core::Reduction::Mean };
                     for v in values.as_array().expect("array") {
                         agg.push(Mode::Train, key, v.as_f64().expect("number"), reduction);
                     }
@@ -146,7 +148,13 @@ fn aggregating_trl_appended_values_gives_trl_logged_metrics() {
             let our_keys: Vec<&String> = ours.iter().map(|(k, _)| k).collect();
             assert_eq!(our_keys, trl_keys, "{case} step {step}: keys and their order");
             for (key, value) in &ours {
-                assert_close!(*value, line[key].as_f64().expect("number"), rel = 1e-12, abs = 1e-12, "{case} step {step}: {key}");
+                assert_close!(
+                    *value,
+                    line[key].as_f64().expect("number"),
+                    rel = 1e-12,
+                    abs = 1e-12,
+                    "{case} step {step}: {key}"
+                );
             }
         }
     }

@@ -4,7 +4,7 @@
 //! `tests/fixtures/gen/trl_processed_strings.py`); `summary.json` holds TRL's processed label
 //! counts and captured warnings.
 
-use kto::core::{unpair, weight_warning, PairedExample, TRL_UNPAIR_BLOCK};
+use kto::core::{PairedExample, TRL_UNPAIR_BLOCK, unpair, weight_warning};
 use kto_testkit::{read_json, read_jsonl};
 
 fn text(v: &serde_json::Value) -> String {
@@ -33,7 +33,12 @@ fn check_case(case: &str, dataset: &str) {
     }
     // The processed order in TRL's own summary, too.
     let summary = &read_json(&format!("trl/{case}/summary.json"))["dataset"];
-    let order: Vec<u64> = summary["row_id_order_after_processing"].as_array().expect("array").iter().map(|v| v.as_u64().expect("id")).collect();
+    let order: Vec<u64> = summary["row_id_order_after_processing"]
+        .as_array()
+        .expect("array")
+        .iter()
+        .map(|v| v.as_u64().expect("id"))
+        .collect();
     assert_eq!(ours.iter().map(|u| u.extra as u64).collect::<Vec<_>>(), order, "{case}: order");
 }
 
@@ -52,9 +57,7 @@ fn implicit_pairs_extract_prompts_like_trl() {
 fn trl_weight_warning(summary: &serde_json::Value) -> Option<String> {
     summary["warnings"].as_array().expect("warnings").iter().find_map(|w| {
         let message = w["message"].as_str().expect("message");
-        message
-            .contains("desirable_weight in")
-            .then(|| message.trim_start_matches("[RANK 0] ").to_string())
+        message.contains("desirable_weight in").then(|| message.trim_start_matches("[RANK 0] ").to_string())
     })
 }
 

@@ -8,7 +8,7 @@ use clap::{Parser, Subcommand};
 
 /// KTO preference training for Llama and Qwen2 models, TRL-compatible.
 #[derive(Debug, Parser)]
-#[command(name = "kto", version, about, long_about = None)]
+#[command(name = "kto", version, about, long_about = None, allow_negative_numbers = true)]
 struct Cli {
     #[command(subcommand)]
     command: Command,

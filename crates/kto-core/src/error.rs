@@ -25,9 +25,7 @@ pub enum Error {
         field: &'static str,
     },
     /// Some paired records carry a `prompt` and others do not.
-    #[error(
-        "row {row}: field `prompt`: {found} but row {first_row} {expected}; a dataset must use one paired format"
-    )]
+    #[error("row {row}: field `prompt`: {found} but row {first_row} {expected}; a dataset must use one paired format")]
     MixedPromptPresence {
         /// The first row, which fixed the format.
         first_row: usize,

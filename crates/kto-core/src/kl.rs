@@ -48,7 +48,7 @@ pub fn combine_device_kl(per_device_means: &[f64]) -> (f64, f64) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use kto_testkit::{assert_close, EXACT_MATH};
+    use kto_testkit::{EXACT_MATH, assert_close};
 
     #[test]
     fn mean_of_differences_clamped_at_zero() {
@@ -60,10 +60,8 @@ mod tests {
         );
         assert_close!(est.kl.into_scalar::<f32>(), 0.5, EXACT_MATH);
         // differences -1, -3 -> mean -2, clamped to 0
-        let est = kl_estimate(
-            Tensor::from_floats([-11.0, -13.0], &device),
-            Tensor::from_floats([-10.0, -10.0], &device),
-        );
+        let est =
+            kl_estimate(Tensor::from_floats([-11.0, -13.0], &device), Tensor::from_floats([-10.0, -10.0], &device));
         assert_close!(est.kl.into_scalar::<f32>(), 0.0, EXACT_MATH);
         assert_close!(est.unclamped.into_scalar::<f32>(), -2.0, EXACT_MATH);
     }

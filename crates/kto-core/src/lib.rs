@@ -59,11 +59,13 @@ mod unpair;
 mod weights;
 
 pub use error::{Error, Result};
-pub use kl::{combine_device_kl, kl_estimate, KlEstimate};
+pub use kl::{KlEstimate, combine_device_kl, kl_estimate};
 pub use lm::CausalLm;
-pub use logps::{completion_logps, logps_from_hidden, sequence_logps, CompletionLogps, LogpsConfig, TokenStats};
-pub use loss::{kto_loss, KtoLoss, KtoLossConfig, LossType};
-pub use metrics::{microbatch_metrics, Metric, MetricsAggregator, MicroBatchInputs, Mode, Reduction, RowTokenStats};
+pub use logps::{CompletionLogps, LogpsConfig, TokenStats, completion_logps, logps_from_hidden, sequence_logps};
+pub use loss::{KtoLoss, KtoLossConfig, LossType, kto_loss};
+pub use metrics::{Metric, MetricsAggregator, MicroBatchInputs, Mode, Reduction, RowTokenStats, microbatch_metrics};
 pub use pairing::{kl_partners, kl_partners_chunked};
-pub use unpair::{extract_prompt, unpair, ExtractedPrompt, PairedExample, PromptContent, UnpairedExample, TRL_UNPAIR_BLOCK};
-pub use weights::{recommended_weight_ranges, weight_warning, WeightAdvice, WEIGHT_RATIO_UPPER};
+pub use unpair::{
+    ExtractedPrompt, PairedExample, PromptContent, TRL_UNPAIR_BLOCK, UnpairedExample, extract_prompt, unpair,
+};
+pub use weights::{WEIGHT_RATIO_UPPER, WeightAdvice, recommended_weight_ranges, weight_warning};

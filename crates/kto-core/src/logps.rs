@@ -61,14 +61,7 @@ pub fn sequence_logps<M: CausalLm + ?Sized>(
     completion_mask: Tensor<2, Bool>,
     chunk: usize,
 ) -> Tensor<1> {
-    completion_logps(
-        model,
-        input_ids,
-        attention_mask,
-        completion_mask,
-        &LogpsConfig::new().with_chunk(chunk),
-    )
-    .logps
+    completion_logps(model, input_ids, attention_mask, completion_mask, &LogpsConfig::new().with_chunk(chunk)).logps
 }
 
 /// [`sequence_logps`] with the token counts and, optionally, the metric statistics.
@@ -119,12 +112,7 @@ pub fn logps_from_hidden<M: CausalLm + ?Sized>(
     let device = hidden.device();
 
     // Token t+1 is scored from position t: targets and masks are shifted left by one.
-    let n_tokens = completion_mask
-        .clone()
-        .int()
-        .slice([0..batch, 1.min(seq)..seq])
-        .sum_dim(1)
-        .reshape([batch]);
+    let n_tokens = completion_mask.clone().int().slice([0..batch, 1.min(seq)..seq]).sum_dim(1).reshape([batch]);
     let mut logps = Tensor::<1>::zeros([batch], &device);
     let mut entropy_sum = config.token_stats.then(|| Tensor::<1>::zeros([batch], &device));
     let mut mean_logit_sum = entropy_sum.clone();
@@ -143,9 +131,7 @@ pub fn logps_from_hidden<M: CausalLm + ?Sized>(
             let max = logits.clone().detach().max_dim(2); // [batch, positions, 1]
             let lse = (logits.clone() - max.clone()).exp().sum_dim(2).log() + max; // [batch, positions, 1]
             let picked = logits.clone().gather(2, targets.unsqueeze_dim::<3>(2)); // [batch, positions, 1]
-            let per_token = (picked - lse.clone())
-                .reshape([batch, positions])
-                .mask_fill(ignored.clone(), 0.0);
+            let per_token = (picked - lse.clone()).reshape([batch, positions]).mask_fill(ignored.clone(), 0.0);
             logps = logps + per_token.sum_dim(1).reshape([batch]);
 
             if let (Some(entropy), Some(mean_logit)) = (entropy_sum.as_mut(), mean_logit_sum.as_mut()) {
@@ -156,10 +142,7 @@ pub fn logps_from_hidden<M: CausalLm + ?Sized>(
                 let token_entropy = (lse - (probs * logits.clone()).sum_dim(2))
                     .reshape([batch, positions])
                     .mask_fill(ignored.clone(), 0.0);
-                let token_mean = logits
-                    .mean_dim(2)
-                    .reshape([batch, positions])
-                    .mask_fill(ignored, 0.0);
+                let token_mean = logits.mean_dim(2).reshape([batch, positions]).mask_fill(ignored, 0.0);
                 *entropy = entropy.clone() + token_entropy.sum_dim(1).reshape([batch]);
                 *mean_logit = mean_logit.clone() + token_mean.sum_dim(1).reshape([batch]);
             }
@@ -193,10 +176,15 @@ mod tests {
     use super::*;
     use crate::test_lm::TinyLm;
     use burn::tensor::activation::log_softmax;
-    use kto_testkit::{cpu_devices, tolerance, EXACT_MATH};
+    use kto_testkit::{EXACT_MATH, cpu_devices, tolerance};
 
     /// Full `[batch, seq, vocab]` log-softmax, the naive reference.
-    fn naive_logps(lm: &TinyLm, ids: &Tensor<2, Int>, mask: &Tensor<2, Bool>, completion: &Tensor<2, Bool>) -> Tensor<1> {
+    fn naive_logps(
+        lm: &TinyLm,
+        ids: &Tensor<2, Int>,
+        mask: &Tensor<2, Bool>,
+        completion: &Tensor<2, Bool>,
+    ) -> Tensor<1> {
         let [batch, seq] = ids.dims();
         let logits = lm.logits(ids.clone(), mask.clone()).slice([0..batch, 0..seq - 1]);
         let logp = log_softmax(logits, 2);

@@ -73,10 +73,9 @@ impl KtoLossConfig {
         if !(self.beta.is_finite() && self.beta > 0.0) {
             return Err(Error::InvalidConfig { field: "beta", reason: format!("must be > 0, got {}", self.beta) });
         }
-        for (field, value) in [
-            ("desirable_weight", self.desirable_weight),
-            ("undesirable_weight", self.undesirable_weight),
-        ] {
+        for (field, value) in
+            [("desirable_weight", self.desirable_weight), ("undesirable_weight", self.undesirable_weight)]
+        {
             if !(value.is_finite() && value >= 0.0) {
                 return Err(Error::InvalidConfig { field, reason: format!("must be >= 0, got {value}") });
             }
@@ -137,17 +136,12 @@ pub fn kto_loss(
     let (desirable_loss, undesirable_loss) = match config.loss_type {
         LossType::Kto => {
             let z0 = kl.clamp_min(0.0).detach().expand([batch]);
-            (
-                sigmoid((logratio.clone() - z0.clone()) * beta).neg() + 1.0,
-                sigmoid((z0 - logratio) * beta).neg() + 1.0,
-            )
+            (sigmoid((logratio.clone() - z0.clone()) * beta).neg() + 1.0, sigmoid((z0 - logratio) * beta).neg() + 1.0)
         }
-        LossType::ApoZeroUnpaired => {
-            (sigmoid(logratio.clone() * beta).neg() + 1.0, sigmoid(logratio * beta))
-        }
+        LossType::ApoZeroUnpaired => (sigmoid(logratio.clone() * beta).neg() + 1.0, sigmoid(logratio * beta)),
     };
-    let weights = desirable.clone().float() * (config.desirable_weight - config.undesirable_weight)
-        + config.undesirable_weight;
+    let weights =
+        desirable.clone().float() * (config.desirable_weight - config.undesirable_weight) + config.undesirable_weight;
     let losses = undesirable_loss.mask_where(desirable, desirable_loss) * weights;
     KtoLoss { loss: losses.clone().mean(), losses, rewards }
 }
@@ -155,10 +149,16 @@ pub fn kto_loss(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use kto_testkit::{assert_close, EXACT_MATH};
+    use kto_testkit::{EXACT_MATH, assert_close};
     use proptest::prelude::*;
 
-    fn run(config: &KtoLossConfig, policy: [f32; 4], reference: [f32; 4], labels: [bool; 4], kl: f32) -> (f32, Vec<f32>) {
+    fn run(
+        config: &KtoLossConfig,
+        policy: [f32; 4],
+        reference: [f32; 4],
+        labels: [bool; 4],
+        kl: f32,
+    ) -> (f32, Vec<f32>) {
         let device = kto_testkit::device();
         let out = kto_loss(
             config,
@@ -262,7 +262,9 @@ mod tests {
         assert_eq!(err.to_string(), "beta must be > 0, got -0.1");
         let err = KtoLossConfig::new().with_undesirable_weight(f64::NAN).validate().unwrap_err();
         assert_eq!(err.to_string(), "undesirable_weight must be >= 0, got NaN");
-        assert_eq!(LossType::parse("sigmoid").unwrap_err().to_string(),
-            "loss_type must be one of `kto`, `apo_zero_unpaired`, got `sigmoid`");
+        assert_eq!(
+            LossType::parse("sigmoid").unwrap_err().to_string(),
+            "loss_type must be one of `kto`, `apo_zero_unpaired`, got `sigmoid`"
+        );
     }
 }

@@ -122,7 +122,9 @@ pub fn microbatch_metrics(inputs: &MicroBatchInputs<'_>) -> Vec<Metric> {
 
     let mut class_rewards = [None, None];
     for (slot, (label, reward_key, logps_key)) in
-        [(true, "rewards/chosen", "logps/chosen"), (false, "rewards/rejected", "logps/rejected")].into_iter().enumerate()
+        [(true, "rewards/chosen", "logps/chosen"), (false, "rewards/rejected", "logps/rejected")]
+            .into_iter()
+            .enumerate()
     {
         let (reward_sum, count) = class_sum(inputs.rewards, label);
         if count > 0 {

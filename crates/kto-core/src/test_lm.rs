@@ -25,9 +25,7 @@ impl TinyLm {
     pub(crate) fn zeros(vocab: usize, d_model: usize, device: &Device) -> Self {
         Self {
             embed_tokens: EmbeddingConfig::new(vocab, d_model).init(device),
-            lm_head: LinearConfig::new(d_model, vocab)
-                .with_initializer(burn::nn::Initializer::Zeros)
-                .init(device),
+            lm_head: LinearConfig::new(d_model, vocab).with_initializer(burn::nn::Initializer::Zeros).init(device),
         }
     }
 }
@@ -37,9 +35,7 @@ impl CausalLm for TinyLm {
         let [_, seq] = input_ids.dims();
         let device = input_ids.device();
         let embedded = self.embed_tokens.forward(input_ids); // [batch, seq, d_model]
-        let counts = Tensor::<1, Int>::arange(1..seq as i64 + 1, &device)
-            .float()
-            .reshape([1, seq, 1]);
+        let counts = Tensor::<1, Int>::arange(1..seq as i64 + 1, &device).float().reshape([1, seq, 1]);
         embedded.cumsum(1) / counts
     }
 

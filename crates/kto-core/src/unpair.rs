@@ -108,11 +108,7 @@ pub fn extract_prompt<C: PromptContent>(chosen: &C, rejected: &C, row: usize) ->
 
 /// Python's slice bound for an index that may be `-1`, clamped into `0..=len`.
 fn py_index(index: isize, len: usize) -> usize {
-    if index < 0 {
-        len.saturating_sub(index.unsigned_abs())
-    } else {
-        (index as usize).min(len)
-    }
+    if index < 0 { len.saturating_sub(index.unsigned_abs()) } else { (index as usize).min(len) }
 }
 
 /// One paired preference record; `extra` carries the dataset's other columns through.
@@ -185,10 +181,20 @@ where
     let mut out = Vec::with_capacity(prepared.len() * 2);
     for chunk in prepared.chunks(block) {
         for (prompt, chosen, _, extra) in chunk {
-            out.push(UnpairedExample { prompt: prompt.clone(), completion: chosen.clone(), label: true, extra: extra.clone() });
+            out.push(UnpairedExample {
+                prompt: prompt.clone(),
+                completion: chosen.clone(),
+                label: true,
+                extra: extra.clone(),
+            });
         }
         for (prompt, _, rejected, extra) in chunk {
-            out.push(UnpairedExample { prompt: prompt.clone(), completion: rejected.clone(), label: false, extra: extra.clone() });
+            out.push(UnpairedExample {
+                prompt: prompt.clone(),
+                completion: rejected.clone(),
+                label: false,
+                extra: extra.clone(),
+            });
         }
     }
     Ok(out)
@@ -261,15 +267,29 @@ mod tests {
     #[test]
     fn blocks_emit_chosen_then_rejected() {
         let recs: Vec<_> = (0..5)
-            .map(|i| PairedExample { prompt: Some(format!("p{i}")), chosen: format!("c{i}"), rejected: format!("r{i}"), extra: i })
+            .map(|i| PairedExample {
+                prompt: Some(format!("p{i}")),
+                chosen: format!("c{i}"),
+                rejected: format!("r{i}"),
+                extra: i,
+            })
             .collect();
         let out = unpair(recs, 2).expect("valid");
         let got: Vec<_> = out.iter().map(|u| (u.completion.as_str(), u.label, u.extra)).collect();
         assert_eq!(
             got,
-            vec![("c0", true, 0), ("c1", true, 1), ("r0", false, 0), ("r1", false, 1),
-                 ("c2", true, 2), ("c3", true, 3), ("r2", false, 2), ("r3", false, 3),
-                 ("c4", true, 4), ("r4", false, 4)]
+            vec![
+                ("c0", true, 0),
+                ("c1", true, 1),
+                ("r0", false, 0),
+                ("r1", false, 1),
+                ("c2", true, 2),
+                ("c3", true, 3),
+                ("r2", false, 2),
+                ("r3", false, 3),
+                ("c4", true, 4),
+                ("r4", false, 4)
+            ]
         );
     }
 

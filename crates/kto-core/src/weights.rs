@@ -45,10 +45,8 @@ pub fn recommended_weight_ranges(
         py_round(nu * undesirable_weight / nd * 1.0, 2),
         py_round(nu * undesirable_weight / nd * WEIGHT_RATIO_UPPER, 2),
     );
-    let undesirable_range = (
-        py_round(nd * desirable_weight / nu / WEIGHT_RATIO_UPPER, 2),
-        py_round(nd * desirable_weight / nu / 1.0, 2),
-    );
+    let undesirable_range =
+        (py_round(nd * desirable_weight / nu / WEIGHT_RATIO_UPPER, 2), py_round(nd * desirable_weight / nu / 1.0, 2));
     let within = |w: f64, (lo, hi): (f64, f64)| lo <= w && w <= hi;
     let in_range = within(desirable_weight, desirable_range) || within(undesirable_weight, undesirable_range);
     Some(WeightAdvice { n_desirable: n_d, n_undesirable: n_u, desirable_range, undesirable_range, in_range })

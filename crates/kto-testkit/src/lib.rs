@@ -53,15 +53,11 @@ pub fn fixture(relative: &str) -> PathBuf {
 /// When the file is missing or a line is not JSON (a broken fixture is a test bug).
 pub fn read_jsonl(relative: &str) -> Vec<serde_json::Value> {
     let path = fixture(relative);
-    let text = std::fs::read_to_string(&path)
-        .unwrap_or_else(|e| panic!("reading fixture {}: {e}", path.display()));
+    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("reading fixture {}: {e}", path.display()));
     text.lines()
         .filter(|line| !line.trim().is_empty())
         .enumerate()
-        .map(|(i, line)| {
-            serde_json::from_str(line)
-                .unwrap_or_else(|e| panic!("{}:{}: {e}", path.display(), i + 1))
-        })
+        .map(|(i, line)| serde_json::from_str(line).unwrap_or_else(|e| panic!("{}:{}: {e}", path.display(), i + 1)))
         .collect()
 }
 
@@ -71,8 +67,7 @@ pub fn read_jsonl(relative: &str) -> Vec<serde_json::Value> {
 /// When the file is missing or not JSON.
 pub fn read_json(relative: &str) -> serde_json::Value {
     let path = fixture(relative);
-    let text = std::fs::read_to_string(&path)
-        .unwrap_or_else(|e| panic!("reading fixture {}: {e}", path.display()));
+    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("reading fixture {}: {e}", path.display()));
     serde_json::from_str(&text).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
 }
 
