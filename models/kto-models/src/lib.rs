@@ -1,8 +1,32 @@
 //! # kto-models: Llama and Qwen2 on burn for KTO
 //!
-//! One decoder shared by the Llama and Qwen2 families, implementing `kto_core::CausalLm`;
-//! Hugging Face `config.json` + safetensors in and out; LoRA; generation. Depends on `kto-core`
-//! only. The modules arrive with issue #3; today the crate re-exports the trait they implement.
+//! One decoder ([`TransformerLm`]) shared by the Llama and Qwen2 families, implementing
+//! [`kto_core::CausalLm`]; Hugging Face folders in ([`load_model`]) and out ([`save_model`]);
+//! incremental decoding with a [`KvCache`].
+//!
+//! Module field names mirror the checkpoint keys (`model.layers.N.self_attn.q_proj`, …), so
+//! loading needs no renaming. RoPE is the `rotate_half` layout transformers uses; attention is
+//! causal with right-padding masks and grouped-query heads; RMSNorm reduces in f32.
+//!
+//! Gradient checkpointing is a property of the autodiff device in burn 0.22:
+//! `device.autodiff().gradient_checkpointing()` (the balanced strategy) recomputes activations
+//! of this model during backward instead of storing them.
+//!
+//! Depends on `kto-core` only; knows nothing of tokenizers or datasets.
 #![deny(missing_docs)]
 
-pub use kto_core::CausalLm;
+mod checkpoint;
+mod config;
+mod decoder;
+mod error;
+mod layers;
+mod safetensors_io;
+
+pub use checkpoint::{COMPANION_FILES, LoadOptions, SaveOptions, load_model, named_tensors, save_model};
+pub use config::{DecoderConfig, HfConfig, ModelFamily, RopeScaling};
+pub use decoder::{Decoder, DecoderLayer, KvCache, TransformerLm};
+pub use error::{Error, Result, TensorProblem};
+pub use layers::{
+    Attention, AttentionConfig, LayerCache, Mlp, MlpConfig, RmsNorm, RmsNormConfig, RotaryEmbedding, RotaryTables,
+};
+pub use safetensors_io::StorageDType;

@@ -1,0 +1,163 @@
+//! The decoder shared by Llama and Qwen2, and the causal LM on top of it.
+
+use burn::nn::{Embedding, EmbeddingConfig, Linear, LinearConfig};
+use burn::prelude::*;
+use kto_core::CausalLm;
+
+use crate::config::DecoderConfig;
+use crate::layers::{Attention, AttentionConfig, LayerCache, Mlp, MlpConfig, RmsNorm, RmsNormConfig, RotaryEmbedding};
+
+/// One pre-norm decoder layer: `h = x + attn(norm(x))`, `out = h + mlp(norm(h))`.
+#[derive(Module, Debug)]
+pub struct DecoderLayer {
+    /// `self_attn`.
+    pub self_attn: Attention,
+    /// `mlp`.
+    pub mlp: Mlp,
+    /// `input_layernorm`.
+    pub input_layernorm: RmsNorm,
+    /// `post_attention_layernorm`.
+    pub post_attention_layernorm: RmsNorm,
+}
+
+/// The transformer body (`model.*` in the checkpoint).
+#[derive(Module, Debug)]
+pub struct Decoder {
+    /// `model.embed_tokens`: `[vocab, d_model]`.
+    pub embed_tokens: Embedding,
+    /// `model.layers.N`.
+    pub layers: Vec<DecoderLayer>,
+    /// `model.norm`.
+    pub norm: RmsNorm,
+}
+
+/// A Llama or Qwen2 causal language model. Field names are the checkpoint's top level
+/// (`model`, `lm_head`); `lm_head` is `None` when the embeddings are tied.
+#[derive(Module, Debug)]
+pub struct TransformerLm {
+    /// The body.
+    pub model: Decoder,
+    /// The output head, `[d_model, vocab]`; `None` for tied embeddings.
+    pub lm_head: Option<Linear>,
+    #[module(skip)]
+    rope: RotaryEmbedding,
+}
+
+/// Keys and values of every layer for incremental decoding.
+#[derive(Debug, Clone, Default)]
+pub struct KvCache {
+    layers: Vec<Option<LayerCache>>,
+}
+
+impl KvCache {
+    /// An empty cache.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Positions already cached.
+    pub fn len(&self) -> usize {
+        self.layers.first().and_then(|l| l.as_ref()).map_or(0, |c| c.keys.dims()[2])
+    }
+
+    /// Whether nothing is cached.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+impl DecoderConfig {
+    /// A randomly initialised model on `device` (for tests and benches; real weights come from
+    /// [`crate::load_model`]).
+    pub fn init(&self, device: &Device) -> TransformerLm {
+        let norm = || RmsNormConfig::new(self.hidden_size).with_epsilon(self.rms_norm_eps).init(device);
+        let layers = (0..self.num_layers)
+            .map(|_| DecoderLayer {
+                self_attn: AttentionConfig::new(self.hidden_size, self.num_heads, self.num_kv_heads, self.head_dim)
+                    .with_qkv_bias(self.qkv_bias)
+                    .with_o_bias(self.o_bias)
+                    .init(device),
+                mlp: MlpConfig::new(self.hidden_size, self.intermediate_size).with_bias(self.mlp_bias).init(device),
+                input_layernorm: norm(),
+                post_attention_layernorm: norm(),
+            })
+            .collect();
+        TransformerLm {
+            model: Decoder {
+                embed_tokens: EmbeddingConfig::new(self.vocab_size, self.hidden_size).init(device),
+                layers,
+                norm: norm(),
+            },
+            lm_head: (!self.tie_word_embeddings)
+                .then(|| LinearConfig::new(self.hidden_size, self.vocab_size).with_bias(false).init(device)),
+            rope: self.rotary(),
+        }
+    }
+
+    pub(crate) fn rotary(&self) -> RotaryEmbedding {
+        RotaryEmbedding::new(self.head_dim, self.rope_theta, self.rope_scaling)
+    }
+}
+
+impl TransformerLm {
+    pub(crate) fn from_parts(model: Decoder, lm_head: Option<Linear>, config: &DecoderConfig) -> Self {
+        Self { model, lm_head, rope: config.rotary() }
+    }
+
+    /// Hidden states of new positions, attending to the cache (when given) and updating it.
+    ///
+    /// # Shapes
+    /// - `input_ids`: `[batch, seq]`, the new positions
+    /// - `attention_mask`: `[batch, past + seq]`, `true` on real tokens, past included
+    /// - returns: `[batch, seq, d_model]`, after the final norm
+    pub fn forward_hidden(
+        &self,
+        input_ids: Tensor<2, Int>,
+        attention_mask: Tensor<2, Bool>,
+        mut cache: Option<&mut KvCache>,
+    ) -> Tensor<3> {
+        let [_, seq] = input_ids.dims();
+        let device = input_ids.device();
+        let past = cache.as_ref().map_or(0, |c| c.len());
+        if let Some(cache) = cache.as_mut() {
+            cache.layers.resize(self.model.layers.len(), None);
+        }
+        let tables = self.rope.tables(past, seq, past + seq, &device);
+        let mut x = self.model.embed_tokens.forward(input_ids); // [batch, seq, d_model]
+        for (i, layer) in self.model.layers.iter().enumerate() {
+            let slot = cache.as_mut().map(|c| &mut c.layers[i]);
+            let attn = layer.self_attn.forward(
+                layer.input_layernorm.forward(x.clone()),
+                &tables,
+                attention_mask.clone(),
+                slot,
+            );
+            let h = x + attn;
+            x = h.clone() + layer.mlp.forward(layer.post_attention_layernorm.forward(h));
+        }
+        self.model.norm.forward(x)
+    }
+}
+
+impl CausalLm for TransformerLm {
+    fn hidden_states(&self, input_ids: Tensor<2, Int>, attention_mask: Tensor<2, Bool>) -> Tensor<3> {
+        self.forward_hidden(input_ids, attention_mask, None)
+    }
+
+    fn project(&self, hidden: Tensor<3>) -> Tensor<3> {
+        match &self.lm_head {
+            Some(head) => head.forward(hidden),
+            None => {
+                // Tied: logits = h Eᵀ with the embedding matrix `[vocab, d_model]`.
+                let [batch, seq, d] = hidden.dims();
+                let weight = self.model.embed_tokens.weight.val(); // [vocab, d_model]
+                let vocab = weight.dims()[0];
+                hidden.reshape([batch * seq, d]).matmul(weight.transpose()).reshape([batch, seq, vocab])
+            }
+        }
+    }
+
+    fn vocab_size(&self) -> usize {
+        self.model.embed_tokens.weight.dims()[0]
+    }
+}

@@ -1,0 +1,11 @@
+//! The building blocks of the decoder. Field names mirror the Hugging Face checkpoint keys.
+
+mod attention;
+mod mlp;
+mod norm;
+mod rope;
+
+pub use attention::{Attention, AttentionConfig, LayerCache};
+pub use mlp::{Mlp, MlpConfig};
+pub use norm::{RmsNorm, RmsNormConfig};
+pub use rope::{RotaryEmbedding, RotaryTables};

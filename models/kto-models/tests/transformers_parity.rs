@@ -1,0 +1,117 @@
+//! Completion log-probs of the tiny Qwen2 and Llama fixtures against transformers (through TRL's
+//! `logps.jsonl`), on flex and ndarray, and after loading TRL's trained `final_model/` folders
+//! (transformers-5 config layout).
+
+use burn::prelude::*;
+use burn::tensor::activation::log_softmax;
+use kto_core::{CausalLm, sequence_logps};
+use kto_models::{LoadOptions, TransformerLm, load_model};
+use kto_testkit::{CROSS_FRAMEWORK, assert_close, cpu_devices, fixture, read_jsonl};
+use serde_json::Value;
+
+/// One scored row: token ids and the index of the first completion token.
+struct Row {
+    ids: Vec<i64>,
+    completion_start: usize,
+}
+
+fn ids(v: &Value) -> Vec<i64> {
+    v.as_array().expect("ids").iter().map(|x| x.as_i64().expect("id")).collect()
+}
+
+fn rows(case: &str, completion_key: &str, max_length: usize) -> Vec<Row> {
+    read_jsonl(&format!("trl/{case}/logps.jsonl"))
+        .iter()
+        .map(|r| {
+            let prompt = ids(&r["prompt_ids"]);
+            let mut all = prompt.clone();
+            all.extend(ids(&r[completion_key]));
+            all.truncate(max_length);
+            Row { ids: all, completion_start: prompt.len() }
+        })
+        .collect()
+}
+
+/// Right-padded batch: `(input_ids, attention_mask, completion_mask)`.
+fn batch(rows: &[Row], pad: i64, device: &Device) -> (Tensor<2, Int>, Tensor<2, Bool>, Tensor<2, Bool>) {
+    let seq = rows.iter().map(|r| r.ids.len()).max().expect("rows");
+    let (mut ids, mut mask, mut completion) = (vec![], vec![], vec![]);
+    for r in rows {
+        for t in 0..seq {
+            ids.push(r.ids.get(t).copied().unwrap_or(pad));
+            mask.push(t < r.ids.len());
+            completion.push(t < r.ids.len() && t >= r.completion_start);
+        }
+    }
+    let n = rows.len();
+    (
+        Tensor::from_data(TensorData::new(ids, [n, seq]), device),
+        Tensor::from_data(TensorData::new(mask, [n, seq]), device),
+        Tensor::from_data(TensorData::new(completion, [n, seq]), device),
+    )
+}
+
+fn logps(model: &TransformerLm, rows: &[Row], pad: i64, device: &Device) -> Vec<f32> {
+    let mut out = vec![];
+    for chunk in rows.chunks(8) {
+        let (ids, mask, completion) = batch(chunk, pad, device);
+        out.extend(sequence_logps(model, ids, mask, completion, 32).into_data().iter::<f32>());
+    }
+    out
+}
+
+fn check_case(case: &str, model_dir: &str, pad: i64, max_length: usize) {
+    for (backend, device) in cpu_devices() {
+        let (_, model) = load_model(&fixture(model_dir), &device, &LoadOptions::default()).expect("fixture loads");
+        let expected = read_jsonl(&format!("trl/{case}/logps.jsonl"));
+        for (key, completion_key) in [("policy_logp", "completion_ids"), ("policy_KL_logp", "KL_completion_ids")] {
+            let got = logps(&model, &rows(case, completion_key, max_length), pad, &device);
+            for (i, (g, e)) in got.iter().zip(&expected).enumerate() {
+                assert_close!(*g, e[key].as_f64().expect("logp"), CROSS_FRAMEWORK, "{backend} {case} row {i} {key}");
+            }
+        }
+
+        // Per-token values through the full logits: checks the one-token shift position by position.
+        let r = &rows(case, "completion_ids", max_length)[0];
+        let (ids_t, mask, _) = batch(std::slice::from_ref(r), pad, &device);
+        let seq = r.ids.len();
+        let logits = model.logits(ids_t.clone(), mask).slice([0..1, 0..seq - 1]);
+        let targets = ids_t.slice([0..1, 1..seq]).unsqueeze_dim::<3>(2);
+        let per_token: Vec<f32> = log_softmax(logits, 2).gather(2, targets).into_data().iter::<f32>().collect();
+        let expected_tokens = expected[0]["completion_token_logps"].as_array().expect("token logps");
+        let scored = &per_token[r.completion_start - 1..];
+        assert_eq!(scored.len(), expected_tokens.len(), "{backend} {case}: scored tokens");
+        for (t, (g, e)) in scored.iter().zip(expected_tokens).enumerate() {
+            assert_close!(*g, e.as_f64().expect("number"), CROSS_FRAMEWORK, "{backend} {case} token {t}");
+        }
+    }
+}
+
+#[test]
+fn tiny_qwen2_matches_transformers() {
+    // Case a: kto_standard, no truncation; pad <|endoftext|> = 997; tied embeddings, qkv biases.
+    check_case("a_qwen_kto_sgd", "models/tiny-qwen2", 997, usize::MAX);
+}
+
+#[test]
+fn tiny_llama_matches_transformers_with_truncation() {
+    // Case c: max_length 48 keeps the first 48 tokens; pad = eos <|eot_id|> = 899; untied head.
+    check_case("c_llama_weighted_adamw_ga2_trunc", "models/tiny-llama", 899, 48);
+}
+
+#[test]
+fn trained_final_models_in_transformers5_layout_match() {
+    for (case, pad, max_length) in [("a_qwen_kto_sgd", 997, usize::MAX), ("c_llama_weighted_adamw_ga2_trunc", 899, 48)]
+    {
+        let device = Device::flex();
+        let folder = fixture(&format!("trl/{case}/final_model"));
+        let (config, model) = load_model(&folder, &device, &LoadOptions::default()).expect("final_model loads");
+        assert!(config.raw.get("rope_parameters").is_some(), "{case}: transformers-5 layout");
+        let got = logps(&model, &rows(case, "completion_ids", max_length), pad, &device);
+        let expected = read_jsonl(&format!("trl/{case}/final_model_logps.jsonl"));
+        assert_eq!(got.len(), expected.len());
+        for (i, (g, e)) in got.iter().zip(&expected).enumerate() {
+            assert_close!(*g, e["logp"].as_f64().expect("logp"), CROSS_FRAMEWORK, "{case} final_model row {i}");
+        }
+    }
+}
