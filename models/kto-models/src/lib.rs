@@ -19,6 +19,7 @@ mod checkpoint;
 mod config;
 mod decoder;
 mod error;
+mod generate;
 mod layers;
 mod safetensors_io;
 
@@ -26,6 +27,7 @@ pub use checkpoint::{COMPANION_FILES, LoadOptions, SaveOptions, load_model, name
 pub use config::{DecoderConfig, HfConfig, ModelFamily, RopeScaling};
 pub use decoder::{Decoder, DecoderLayer, KvCache, TransformerLm};
 pub use error::{Error, Result, TensorProblem};
+pub use generate::{GenerationConfig, generate};
 pub use layers::{
     Attention, AttentionConfig, LayerCache, Mlp, MlpConfig, RmsNorm, RmsNormConfig, RotaryEmbedding, RotaryTables,
 };
