@@ -76,7 +76,7 @@ struct GenerateArgs {
     /// Sampler seed.
     #[arg(long, default_value_t = 42)]
     seed: u64,
-    /// Device: flex, ndarray, wgpu[:N], cuda[:N] (as compiled in).
+    /// Device: `flex`, `ndarray`, `wgpu[:N]`, `cuda[:N]` (as compiled in).
     #[arg(long, default_value = "flex")]
     device: String,
 }

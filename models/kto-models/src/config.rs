@@ -226,21 +226,23 @@ impl DecoderConfig {
         if hf.use_sliding_window {
             return Err(config_err("use_sliding_window", "sliding-window attention is not supported".into()));
         }
-        if hf.num_attention_heads == 0 || hf.hidden_size % hf.num_attention_heads != 0 && hf.head_dim.is_none() {
+        if hf.num_attention_heads == 0
+            || (!hf.hidden_size.is_multiple_of(hf.num_attention_heads) && hf.head_dim.is_none())
+        {
             return Err(config_err(
                 "num_attention_heads",
                 format!("must divide hidden_size {} (or give head_dim)", hf.hidden_size),
             ));
         }
         let num_kv_heads = hf.num_key_value_heads.unwrap_or(hf.num_attention_heads);
-        if num_kv_heads == 0 || hf.num_attention_heads % num_kv_heads != 0 {
+        if num_kv_heads == 0 || !hf.num_attention_heads.is_multiple_of(num_kv_heads) {
             return Err(config_err(
                 "num_key_value_heads",
                 format!("must divide num_attention_heads {}, got {num_kv_heads}", hf.num_attention_heads),
             ));
         }
         let head_dim = hf.head_dim.unwrap_or(hf.hidden_size / hf.num_attention_heads);
-        if head_dim % 2 != 0 {
+        if !head_dim.is_multiple_of(2) {
             return Err(config_err("head_dim", format!("must be even for rotary embeddings, got {head_dim}")));
         }
 

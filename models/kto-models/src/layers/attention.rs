@@ -32,7 +32,10 @@ impl AttentionConfig {
     /// # Panics
     /// When `n_heads` is not a multiple of `n_kv_heads`.
     pub fn init(&self, device: &Device) -> Attention {
-        assert!(self.n_kv_heads > 0 && self.n_heads % self.n_kv_heads == 0, "n_heads must be a multiple of n_kv_heads");
+        assert!(
+            self.n_kv_heads > 0 && self.n_heads.is_multiple_of(self.n_kv_heads),
+            "n_heads must be a multiple of n_kv_heads"
+        );
         let proj = |d_in, d_out, bias| LinearConfig::new(d_in, d_out).with_bias(bias).init(device);
         Attention {
             q_proj: proj(self.d_model, self.n_heads * self.head_dim, self.qkv_bias),
