@@ -10,20 +10,8 @@ use burn::prelude::*;
 use kto::core::{
     KtoLossConfig, LossType, MetricsAggregator, MicroBatchInputs, Mode, kl_estimate, kto_loss, microbatch_metrics,
 };
-use kto_testkit::{EXACT_MATH, assert_close, cpu_devices, read_json, read_jsonl};
+use kto_testkit::{EXACT_MATH, TRL_CASES, assert_close, cpu_devices, read_json, read_jsonl};
 use serde_json::Value;
-
-const CASES: [&str; 9] = [
-    "a_qwen_kto_sgd",
-    "b_qwen_apo_sgd",
-    "c_llama_weighted_adamw_ga2_trunc",
-    "d_qwen_conversational",
-    "e_qwen_pairwise_explicit",
-    "f_llama_precompute_ref",
-    "g_qwen_lora",
-    "h_qwen_pairwise_implicit",
-    "i_llama_conversational",
-];
 
 fn floats(v: &Value) -> Vec<f32> {
     v.as_array().expect("array").iter().map(|x| x.as_f64().expect("number") as f32).collect()
@@ -48,7 +36,7 @@ fn loss_kl_rewards_and_per_example_losses_match_trl_for_every_case() {
     let mut with_positive_kl = 0;
     let mut single_class = 0;
     for (backend, device) in cpu_devices() {
-        for case in CASES {
+        for case in TRL_CASES {
             let config = loss_config(case);
             for mb in read_jsonl(&format!("trl/{case}/microbatches.jsonl")) {
                 let at = format!("{backend} {case} step {} micro {}", mb["step"], mb["micro"]);
@@ -123,7 +111,7 @@ fn loss_kl_rewards_and_per_example_losses_match_trl_for_every_case() {
 
 #[test]
 fn aggregating_trl_appended_values_gives_trl_logged_metrics() {
-    for case in CASES {
+    for case in TRL_CASES {
         let micro = read_jsonl(&format!("trl/{case}/microbatches.jsonl"));
         let logged = read_jsonl(&format!("trl/{case}/metrics.jsonl"));
         let mut agg = MetricsAggregator::new();

@@ -5,7 +5,7 @@
 //! counts and captured warnings.
 
 use kto::core::{PairedExample, TRL_UNPAIR_BLOCK, unpair, weight_warning};
-use kto_testkit::{read_json, read_jsonl};
+use kto_testkit::{TRL_CASES, read_json, read_jsonl};
 
 fn text(v: &serde_json::Value) -> String {
     v.as_str().expect("string").to_string()
@@ -64,17 +64,7 @@ fn trl_weight_warning(summary: &serde_json::Value) -> Option<String> {
 #[test]
 fn weight_warning_text_equals_trl_for_every_case() {
     let mut warned = Vec::new();
-    for case in [
-        "a_qwen_kto_sgd",
-        "b_qwen_apo_sgd",
-        "c_llama_weighted_adamw_ga2_trunc",
-        "d_qwen_conversational",
-        "e_qwen_pairwise_explicit",
-        "f_llama_precompute_ref",
-        "g_qwen_lora",
-        "h_qwen_pairwise_implicit",
-        "i_llama_conversational",
-    ] {
+    for case in TRL_CASES {
         let summary = read_json(&format!("trl/{case}/summary.json"));
         let count = |k: &str| summary["dataset"][k].as_u64().expect("count") as usize;
         let weight = |k: &str| summary["kto_config"][k].as_f64().expect("weight");

@@ -63,40 +63,24 @@ fn convert_writes_a_bf16_folder_and_reports_bad_dtypes() {
     let model = fixture("models/tiny-llama");
     let dir = tempfile::tempdir().expect("temp dir");
     let out = dir.path().join("bf16");
-    let (ok, _, stderr) = kto(&[
-        "convert",
-        "--model",
-        model.to_str().expect("path"),
-        "--out",
-        out.to_str().expect("path"),
-        "--dtype",
-        "bfloat16",
-    ]);
+    let convert = |model: &std::path::Path, dtype: Option<&str>| {
+        let mut args = vec!["convert", "--model", model.to_str().expect("path"), "--out", out.to_str().expect("path")];
+        if let Some(dtype) = dtype {
+            args.extend(["--dtype", dtype]);
+        }
+        kto(&args)
+    };
+    let (ok, _, stderr) = convert(&model, Some("bfloat16"));
     assert!(ok, "{stderr}");
     let config = std::fs::read_to_string(out.join("config.json")).expect("config written");
     assert!(config.contains("\"torch_dtype\": \"bfloat16\""), "{config}");
     assert!(out.join("tokenizer.json").is_file());
-    let (ok, _, stderr) = kto(&[
-        "convert",
-        "--model",
-        model.to_str().expect("path"),
-        "--out",
-        out.to_str().expect("path"),
-        "--dtype",
-        "int8",
-    ]);
+    let (ok, _, stderr) = convert(&model, Some("int8"));
     assert!(!ok);
     assert_eq!(stderr.trim(), "error: --dtype `int8`: expected float32, bfloat16 or float16");
     let missing = dir.path().join("nope");
-    let (ok, _, stderr) =
-        kto(&["convert", "--model", missing.to_str().expect("path"), "--out", out.to_str().expect("path")]);
+    let (ok, _, stderr) = convert(&missing, None);
     assert!(!ok);
-    assert!(
-        stderr.starts_with(&format!(
-            "error: loading model from {}: {}/config.json: No such file",
-            missing.display(),
-            missing.display()
-        )),
-        "{stderr}"
-    );
+    let expected = format!("error: loading model from {0}: {0}/config.json: No such file", missing.display());
+    assert!(stderr.starts_with(&expected), "{stderr}");
 }

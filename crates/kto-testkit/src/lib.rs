@@ -24,6 +24,19 @@ pub fn tolerance((relative, absolute): (f64, f64)) -> Tolerance<f32> {
     Tolerance::rel_abs(relative, absolute)
 }
 
+/// The nine TRL 1.16 reference cases under `tests/fixtures/trl/` (see `shared/reference/run_cases.sh`).
+pub const TRL_CASES: [&str; 9] = [
+    "a_qwen_kto_sgd",
+    "b_qwen_apo_sgd",
+    "c_llama_weighted_adamw_ga2_trunc",
+    "d_qwen_conversational",
+    "e_qwen_pairwise_explicit",
+    "f_llama_precompute_ref",
+    "g_qwen_lora",
+    "h_qwen_pairwise_implicit",
+    "i_llama_conversational",
+];
+
 /// The default test device: the flex CPU backend.
 pub fn device() -> Device {
     Device::flex()

@@ -144,6 +144,19 @@ mod tests {
     }
 
     #[test]
+    fn dynamic_ntk_grows_the_base_past_the_trained_context() {
+        // head_dim 4, theta 10000, factor 2, trained on 8 positions. Up to 8 positions: plain
+        // frequencies. At 16: base = 10000 * (2*16/8 - 1)^(4/2) = 90000, inv_freq[1] = 90000^-0.5.
+        let rope = RotaryEmbedding::new(
+            4,
+            10_000.0,
+            RopeScaling::Dynamic { factor: 2.0, original_max_position_embeddings: 8 },
+        );
+        assert!((rope.inv_freq(8)[1] - 0.01).abs() < 1e-7);
+        assert!((rope.inv_freq(16)[1] - 1.0 / 300.0).abs() < 1e-7, "{:?}", rope.inv_freq(16));
+    }
+
+    #[test]
     fn rotation_at_position_zero_is_identity() {
         let device = kto_testkit::device();
         let rope = RotaryEmbedding::new(4, 10_000.0, RopeScaling::Default);
