@@ -65,7 +65,7 @@ fn sharded_copies_load_to_identical_weights() {
 }
 
 #[test]
-fn bf16_copies_load_to_the_bf16_rounded_weights() {
+fn half_precision_copies_load_to_the_rounded_weights() {
     let src = fixture("models/tiny-qwen2");
     let (config, lm) = load(&src);
     let dir = tempfile::tempdir().expect("temp dir");
@@ -89,6 +89,17 @@ fn bf16_copies_load_to_the_bf16_rounded_weights() {
         .map(|(k, s, v)| (k, s, v.into_iter().map(|x| half::bf16::from_f32(x).to_f32()).collect()))
         .collect();
     assert_bit_exact(&rounded, &named_tensors(&bf));
+
+    // The same for float16.
+    let out = dir.path().join("f16");
+    save_model(&lm, &config, None, &out, &SaveOptions { dtype: Some(StorageDType::F16), ..SaveOptions::default() })
+        .expect("saves");
+    let (_, f16_model) = load(&out);
+    let rounded: Named = named_tensors(&lm)
+        .into_iter()
+        .map(|(k, s, v)| (k, s, v.into_iter().map(|x| half::f16::from_f32(x).to_f32()).collect()))
+        .collect();
+    assert_bit_exact(&rounded, &named_tensors(&f16_model));
 }
 
 #[test]
