@@ -6,7 +6,7 @@ use std::path::PathBuf;
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     /// A file could not be read.
-    #[error("{path}: {source}")]
+    #[error("{}: {source}", path.display())]
     Io {
         /// The file.
         path: PathBuf,
@@ -15,7 +15,7 @@ pub enum Error {
         source: std::io::Error,
     },
     /// A JSON file is malformed.
-    #[error("{path}: {source}")]
+    #[error("{}: {source}", path.display())]
     Json {
         /// The file.
         path: PathBuf,
@@ -24,27 +24,51 @@ pub enum Error {
         source: serde_json::Error,
     },
     /// `tokenizer.json` could not be loaded, or encoding/decoding failed.
-    #[error("{path}: tokenizer: {message}")]
+    #[error("{}: tokenizer: {message}", path.display())]
     Tokenizer {
         /// The tokenizer folder or file.
         path: PathBuf,
         /// What the tokenizers library reported.
         message: String,
     },
+    /// A dataset record is malformed: `data.jsonl:7: field "label": expected a boolean, found "yes"`.
+    #[error("{}:{line}: {}{reason}", path.display(), Error::field_prefix(field))]
+    Record {
+        /// The dataset file.
+        path: PathBuf,
+        /// 1-based line (JSONL) or row number.
+        line: usize,
+        /// The field, when one is at fault.
+        field: Option<String>,
+        /// What is wrong.
+        reason: String,
+    },
+    /// The dataset has no records.
+    #[error("{}: the dataset is empty", path.display())]
+    EmptyDataset {
+        /// The dataset file.
+        path: PathBuf,
+    },
     /// The tokenizer has no chat template but a conversation was given.
-    #[error("{path}: no chat template (neither `chat_template` in tokenizer_config.json nor chat_template.jinja)")]
+    #[error("{}: no chat template (neither `chat_template` in tokenizer_config.json nor chat_template.jinja)", path.display())]
     NoChatTemplate {
         /// The tokenizer folder.
         path: PathBuf,
     },
     /// The chat template failed to render (including `raise_exception` calls in the template).
-    #[error("{path}: chat template: {message}")]
+    #[error("{}: chat template: {message}", path.display())]
     Template {
         /// The tokenizer folder.
         path: PathBuf,
         /// minijinja's message.
         message: String,
     },
+}
+
+impl Error {
+    fn field_prefix(field: &Option<String>) -> String {
+        field.as_ref().map(|f| format!("field \"{f}\": ")).unwrap_or_default()
+    }
 }
 
 /// `Result` with kto-data's [`Error`].

@@ -1,17 +1,21 @@
 //! # kto-data: datasets for KTO
 //!
-//! Turns user datasets into typed training batches the way TRL 1.16 does: readers (JSONL, JSON,
-//! Parquet), the standard and conversational formats, paired-to-unpaired conversion (through
-//! `kto_core::unpair`), chat templates, tokenization, truncation and collation.
+//! Turns user datasets into token ids the way TRL 1.16 does: JSONL records in the standard and
+//! conversational formats ([`read_jsonl`]), paired-to-unpaired conversion (through
+//! `kto_core::unpair`), chat templates ([`HfTokenizer`]), TRL's tokenization, `max_length`
+//! filter and KL pairs ([`tokenize_examples`]).
 //!
-//! Depends on `kto-core` only; knows nothing of models or training. Today it holds the
-//! tokenizer and chat-template layer ([`HfTokenizer`]); the dataset readers and the TRL
-//! tokenization pipeline arrive with issue #4.
+//! Depends on `kto-core` only; knows nothing of models or training. JSON/Parquet readers,
+//! truncation modes, collation and `kto audit` arrive with the rest of issue #4.
 #![deny(missing_docs)]
 
 mod error;
+mod record;
+mod tokenize;
 mod tokenizer;
 
 pub use error::{Error, Result};
 pub use kto_core::{PairedExample, UnpairedExample};
+pub use record::{Content, Example, RecordShape, from_values, read_jsonl};
+pub use tokenize::{DroppedRow, TokenizeConfig, Tokenized, TokenizedRow, tokenize_examples};
 pub use tokenizer::{HfTokenizer, Message};

@@ -50,9 +50,21 @@ pub fn cpu_devices() -> Vec<(&'static str, Device)> {
     vec![("flex", Device::flex()), ("ndarray", ndarray)]
 }
 
-/// Root of the workspace (two levels above this crate).
+/// Root of the workspace: the nearest ancestor of the running test's package (cargo sets
+/// `CARGO_MANIFEST_DIR` when it runs a test) that holds `tests/fixtures`. Resolved at run time
+/// so a test binary never points at the checkout it happened to be compiled from.
+///
+/// # Panics
+/// When no ancestor holds `tests/fixtures`.
 pub fn workspace_root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
+    let start = std::env::var_os("CARGO_MANIFEST_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")));
+    start
+        .ancestors()
+        .find(|dir| dir.join("tests/fixtures").is_dir())
+        .unwrap_or_else(|| panic!("no tests/fixtures above {}", start.display()))
+        .to_path_buf()
 }
 
 /// A path under `tests/fixtures/`.
