@@ -9,6 +9,7 @@
 //! | piece | item |
 //! | --- | --- |
 //! | what a model must offer | [`CausalLm`] |
+//! | a collated micro-batch | [`KtoBatch`] |
 //! | completion log-probs (TRL's shift, f32, chunked) | [`sequence_logps`], [`completion_logps`] |
 //! | the loss (`kto`, `apo_zero_unpaired`, class weights) | [`kto_loss`], [`KtoLossConfig`] |
 //! | the KL reference point `z₀` | [`kl_estimate`], [`combine_device_kl`] |
@@ -46,6 +47,7 @@
 //! See the book's chapter "The KTO objective" for each symbol mapped to its config field.
 #![deny(missing_docs)]
 
+mod batch;
 mod error;
 mod kl;
 mod lm;
@@ -58,6 +60,7 @@ mod test_lm;
 mod unpair;
 mod weights;
 
+pub use batch::{KtoBatch, SequenceBatch};
 pub use error::{Error, Result};
 pub use kl::{KlEstimate, combine_device_kl, kl_estimate};
 pub use lm::CausalLm;
