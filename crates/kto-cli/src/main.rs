@@ -2,6 +2,8 @@
 //!
 //! The only crate that picks devices and does I/O for training; the logic lives in the libraries.
 
+mod audit;
+mod data_args;
 mod device;
 
 use std::path::PathBuf;
@@ -29,6 +31,9 @@ enum Command {
     Generate(GenerateArgs),
     /// Re-save a Hugging Face model folder (change the dtype on disk, shard it).
     Convert(ConvertArgs),
+    /// Read and tokenize a dataset as training would, and report what the trainer will see:
+    /// label counts, weight advice, dropped and truncated rows, token lengths, KL pairs.
+    Audit(audit::AuditArgs),
 }
 
 #[derive(Debug, clap::Args)]
@@ -116,6 +121,7 @@ fn run(cli: Cli) -> Result<()> {
         Command::Weights(args) => weights(&args),
         Command::Generate(args) => generate_command(&args),
         Command::Convert(args) => convert(&args),
+        Command::Audit(args) => audit::audit(&args),
     }
 }
 
@@ -148,7 +154,7 @@ fn generate_command(args: &GenerateArgs) -> Result<()> {
     let tokenizer = HfTokenizer::from_folder(&args.model)
         .with_context(|| format!("loading tokenizer from {}", args.model.display()))?;
     let (text, add_special) = if args.chat {
-        let message = Message { role: "user".into(), content: args.prompt.clone() };
+        let message = Message::new("user", args.prompt.clone());
         (tokenizer.apply_chat_template(&[message], true)?, false)
     } else {
         (args.prompt.clone(), true)

@@ -55,6 +55,7 @@ mod logps;
 mod loss;
 mod metrics;
 mod pairing;
+mod rng;
 #[cfg(test)]
 mod test_lm;
 mod unpair;
@@ -68,7 +69,10 @@ pub use logps::{CompletionLogps, LogpsConfig, TokenStats, completion_logps, logp
 pub use loss::{KtoLoss, KtoLossConfig, LossType, kto_loss};
 pub use metrics::{Metric, MetricsAggregator, MicroBatchInputs, Mode, Reduction, RowTokenStats, microbatch_metrics};
 pub use pairing::{kl_partners, kl_partners_chunked};
+pub use rng::SplitMix64;
 pub use unpair::{
     ExtractedPrompt, PairedExample, PromptContent, TRL_UNPAIR_BLOCK, UnpairedExample, extract_prompt, unpair,
 };
-pub use weights::{WEIGHT_RATIO_UPPER, WeightAdvice, recommended_weight_ranges, weight_warning};
+pub use weights::{
+    WEIGHT_RATIO_UPPER, WeightAdvice, one_class_warning, py_float_repr, recommended_weight_ranges, weight_warning,
+};

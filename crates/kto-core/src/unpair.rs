@@ -124,6 +124,19 @@ pub struct PairedExample<C, X = ()> {
     pub extra: X,
 }
 
+impl<C, X> PairedExample<C, X> {
+    /// The same record with its contents converted by `f` (e.g. from a dynamic content type to
+    /// the text or message type [`unpair`] compares).
+    pub fn map_content<D>(self, f: impl Fn(C) -> D) -> PairedExample<D, X> {
+        PairedExample {
+            prompt: self.prompt.map(&f),
+            chosen: f(self.chosen),
+            rejected: f(self.rejected),
+            extra: self.extra,
+        }
+    }
+}
+
 /// One unpaired KTO example.
 #[derive(Debug, Clone, PartialEq)]
 pub struct UnpairedExample<C, X = ()> {

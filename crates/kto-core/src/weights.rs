@@ -77,6 +77,23 @@ pub fn weight_warning(
     ))
 }
 
+/// A warning when every example has the same label (the loss still trains: each term only needs
+/// its own class and the KL baseline, but nothing contrasts the two classes), else `None`.
+pub fn one_class_warning(n_desirable: usize, n_undesirable: usize) -> Option<String> {
+    let rows = n_desirable + n_undesirable;
+    let (class, other) = match (n_desirable, n_undesirable) {
+        (0, 0) => return None,
+        (_, 0) => ("desirable", "undesirable"),
+        (0, _) => ("undesirable", "desirable"),
+        _ => return None,
+    };
+    Some(format!(
+        "All {rows} training examples are {class} and none is {other}: KTO still trains (each example is pushed \
+         against the KL baseline), but the {other} term of the loss is empty, its metrics are not logged, and \
+         the desirable/undesirable weights have no effect. Add {other} examples if you have them."
+    ))
+}
+
 /// Python's `round(x, ndigits)` for floats: rounds the *exact* decimal value of the binary
 /// float, ties to even.
 pub(crate) fn py_round(x: f64, ndigits: usize) -> f64 {
@@ -120,7 +137,7 @@ pub(crate) fn py_round(x: f64, ndigits: usize) -> f64 {
 
 /// Python's `repr(float)`: the shortest round-trip digits, with `.0` on integral values and
 /// scientific notation outside `[1e-4, 1e16)`.
-pub(crate) fn py_float_repr(x: f64) -> String {
+pub fn py_float_repr(x: f64) -> String {
     if x.is_nan() {
         return "nan".into();
     }
@@ -144,6 +161,15 @@ pub(crate) fn py_float_repr(x: f64) -> String {
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    #[test]
+    fn one_class_datasets_warn_and_mixed_ones_do_not() {
+        let all_good = one_class_warning(12, 0).expect("warns");
+        assert!(all_good.starts_with("All 12 training examples are desirable and none is undesirable"), "{all_good}");
+        assert!(one_class_warning(0, 3).expect("warns").starts_with("All 3 training examples are undesirable"));
+        assert_eq!(one_class_warning(1, 1), None);
+        assert_eq!(one_class_warning(0, 0), None, "an empty dataset is an error elsewhere");
+    }
 
     #[test]
     fn python_round_and_repr() {

@@ -5,6 +5,21 @@ use kto_core::{KtoBatch, SequenceBatch};
 
 use crate::tokenize::TokenizedRow;
 
+/// Where the KL sequences of a batch take their completions from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum KlPairing {
+    /// No KL sequences (`apo_zero_unpaired`).
+    Off,
+    /// Each row's [`TokenizedRow::kl_completion_ids`], paired at preprocessing (TRL; right when
+    /// batches are the preprocessing chunks, i.e. sequential sampling).
+    #[default]
+    FromRows,
+    /// Formed in the batch itself: row `i` takes the completion of row `i - 1` (row 0 the last
+    /// row's), the same `+1` rotation as TRL, valid under any sampler (shuffled or
+    /// length-grouped batches).
+    InBatch,
+}
+
 /// Padding settings (TRL names).
 #[derive(Debug, Clone, Copy)]
 pub struct CollateConfig {
@@ -14,6 +29,8 @@ pub struct CollateConfig {
     pub max_length: Option<usize>,
     /// Round the padded width up to a multiple of this.
     pub pad_to_multiple_of: Option<usize>,
+    /// Where KL completions come from.
+    pub kl: KlPairing,
 }
 
 /// Host-side padded sequences: row-major `batch × seq`.
@@ -80,6 +97,11 @@ pub struct HostBatch {
     pub kl: Option<HostSequences>,
     /// Labels.
     pub desirable: Vec<bool>,
+    /// Precomputed reference log-probabilities of the completions, when every row has one.
+    pub reference_logps: Option<Vec<f32>>,
+    /// Precomputed reference log-probabilities of the KL completions, when every row has one
+    /// (not with [`KlPairing::InBatch`], whose pairs are new).
+    pub reference_kl_logps: Option<Vec<f32>>,
 }
 
 impl HostBatch {
@@ -90,22 +112,51 @@ impl HostBatch {
             matched: self.matched.to_device(device),
             kl: self.kl.as_ref().map(|kl| kl.to_device(device)),
             desirable: Tensor::<1, Bool>::from_data(TensorData::new(self.desirable.clone(), [n]), device),
-            reference_logps: None,
-            reference_kl_logps: None,
+            reference_logps: self.reference_logps.as_ref().map(|v| vector(v, device)),
+            reference_kl_logps: self.reference_kl_logps.as_ref().map(|v| vector(v, device)),
         }
     }
 }
 
+fn vector(values: &[f32], device: &Device) -> Tensor<1> {
+    Tensor::from_data(TensorData::new(values.to_vec(), [values.len()]), (device, burn::tensor::DType::F32))
+}
+
 /// Collates rows the way TRL's collator does: `prompt ++ completion` (and `prompt ++
 /// kl_completion`) cut to the first `max_length` tokens, right-padded with the pad id, masks
-/// `true` on real and on completion tokens.
+/// `true` on real and on completion tokens; precomputed reference log-probs when every row has
+/// them.
+///
+/// # Panics
+/// With [`KlPairing::FromRows`] when a row has no KL completion (tokenized without KL pairs).
 pub fn collate(rows: &[&TokenizedRow], config: &CollateConfig) -> HostBatch {
     let matched = HostSequences::build(rows.iter().map(|r| (&r.prompt_ids[..], &r.completion_ids[..])), config);
-    let kl = rows.iter().all(|r| r.kl_completion_ids.is_some()).then(|| {
-        HostSequences::build(
-            rows.iter().map(|r| (&r.prompt_ids[..], r.kl_completion_ids.as_deref().expect("checked above"))),
+    let kl = match config.kl {
+        KlPairing::Off => None,
+        KlPairing::FromRows => Some(HostSequences::build(
+            rows.iter()
+                .map(|r| (&r.prompt_ids[..], r.kl_completion_ids.as_deref().expect("rows tokenized with KL pairs"))),
             config,
-        )
-    });
-    HostBatch { matched, kl, desirable: rows.iter().map(|r| r.label).collect() }
+        )),
+        KlPairing::InBatch => {
+            let partners = kto_core::kl_partners(rows.len());
+            Some(HostSequences::build(
+                rows.iter().zip(partners).map(|(r, p)| (&r.prompt_ids[..], &rows[p].completion_ids[..])),
+                config,
+            ))
+        }
+    };
+    let all = |f: fn(&TokenizedRow) -> Option<f64>| -> Option<Vec<f32>> {
+        rows.iter().map(|r| f(r).map(|x| x as f32)).collect()
+    };
+    HostBatch {
+        matched,
+        kl,
+        desirable: rows.iter().map(|r| r.label).collect(),
+        reference_logps: all(|r| r.ref_logps),
+        reference_kl_logps: match config.kl {
+            KlPairing::FromRows => all(|r| r.ref_kl_logps),
+            KlPairing::Off | KlPairing::InBatch => None,
+        },
+    }
 }

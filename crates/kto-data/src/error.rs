@@ -2,6 +2,8 @@
 
 use std::path::PathBuf;
 
+use crate::reader::Location;
+
 /// Errors from reading tokenizers, templates and datasets.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -32,16 +34,28 @@ pub enum Error {
         message: String,
     },
     /// A dataset record is malformed: `data.jsonl:7: field "label": expected a boolean, found "yes"`.
-    #[error("{}:{line}: {}{reason}", path.display(), Error::field_prefix(field))]
+    #[error("{at}: {}{reason}", Error::field_prefix(field))]
     Record {
-        /// The dataset file.
-        path: PathBuf,
-        /// 1-based line (JSONL) or row number.
-        line: usize,
+        /// The file and line or row.
+        at: Location,
         /// The field, when one is at fault.
         field: Option<String>,
         /// What is wrong.
         reason: String,
+    },
+    /// A dataset could not be found or opened: `trl-lib/kto-mix-14k: no data files for split "dev"`.
+    #[error("{spec}: {reason}")]
+    Dataset {
+        /// The dataset as given (path or hub id).
+        spec: String,
+        /// What is wrong.
+        reason: String,
+    },
+    /// Settings that do not fit together.
+    #[error("invalid settings: {message}")]
+    Config {
+        /// What is wrong, naming the setting.
+        message: String,
     },
     /// The dataset has no records.
     #[error("{}: the dataset is empty", path.display())]

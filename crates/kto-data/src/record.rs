@@ -1,10 +1,13 @@
-//! Dataset records: reading JSONL into typed examples with errors that name the line and field.
+//! Typing raw records into unpaired examples, with errors that name the file, line or row, and
+//! field; paired data is unpaired on the way with TRL 1.16's order.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
-use serde_json::Value;
+use serde_json::{Map, Value};
 
 use crate::error::{Error, Result};
+use crate::reader::{Location, RawRecord, records};
+use crate::source::{DataFile, FileFormat, resolve_dataset};
 use crate::tokenizer::Message;
 
 /// A prompt or completion: plain text (standard format) or messages (conversational format).
@@ -16,6 +19,31 @@ pub enum Content {
     Messages(Vec<Message>),
 }
 
+impl Content {
+    fn is_empty(&self) -> bool {
+        match self {
+            Content::Text(s) => s.is_empty(),
+            Content::Messages(m) => m.is_empty(),
+        }
+    }
+}
+
+/// Columns TRL reads; every other column is carried in [`Example::extra`].
+const KNOWN_COLUMNS: &[&str] = &[
+    "prompt",
+    "completion",
+    "label",
+    "chosen",
+    "rejected",
+    "tools",
+    "chat_template_kwargs",
+    "ref_logps",
+    "ref_KL_logps",
+];
+
+/// Roles a message may have.
+const ROLES: &[&str] = &["system", "developer", "user", "assistant", "tool"];
+
 /// One unpaired example as read (before tokenization).
 #[derive(Debug, Clone, PartialEq)]
 pub struct Example {
@@ -25,8 +53,21 @@ pub struct Example {
     pub completion: Content,
     /// `true` for desirable.
     pub label: bool,
-    /// 0-based index of the source record (line order for JSONL).
+    /// 0-based index of the source record in the dataset (all files, in order).
     pub source_row: usize,
+    /// The file and line or row of the source record.
+    pub at: Location,
+    /// The `tools` column (a list; a JSON string is parsed as TRL does), passed to the chat
+    /// template.
+    pub tools: Option<Value>,
+    /// The `chat_template_kwargs` column: extra variables for the chat template.
+    pub chat_template_kwargs: Option<Map<String, Value>>,
+    /// Precomputed reference log-probabilities (`ref_logps` column).
+    pub ref_logps: Option<f64>,
+    /// Precomputed reference log-probabilities of the KL pair (`ref_KL_logps` column).
+    pub ref_kl_logps: Option<f64>,
+    /// Other columns, carried through (duplicated to both halves of a pair, as TRL does).
+    pub extra: Map<String, Value>,
 }
 
 /// Which record shape a dataset uses (decided by its first record, as TRL does, and then
@@ -41,32 +82,127 @@ pub enum RecordShape {
     PairedImplicit,
 }
 
-/// Reads a JSONL dataset into unpaired examples in TRL 1.16's order (paired data unpaired with
-/// [`kto_core::unpair`]).
-///
-/// # Errors
-/// `path:line: field "name": reason` for malformed lines, missing fields, wrong types, bad labels,
-/// empty completions and records of another shape than the first; an error for an empty file.
-pub fn read_jsonl(path: &Path) -> Result<Vec<Example>> {
-    let text = std::fs::read_to_string(path).map_err(|source| Error::Io { path: path.into(), source })?;
-    let mut records = Vec::new();
-    for (i, line) in text.lines().enumerate() {
-        if line.trim().is_empty() {
-            continue;
-        }
-        let value: Value = serde_json::from_str(line).map_err(|e| Error::Record {
-            path: path.into(),
-            line: i + 1,
-            field: None,
-            reason: format!("invalid JSON: {e}"),
-        })?;
-        records.push((i + 1, value));
-    }
-    from_values(path, records)
+/// A dataset read into unpaired examples.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Dataset {
+    /// The examples in TRL's order.
+    pub examples: Vec<Example>,
+    /// The record shape of the source.
+    pub shape: RecordShape,
+    /// Conversational (message lists) rather than standard (text).
+    pub conversational: bool,
+    /// The data files read.
+    pub files: Vec<PathBuf>,
 }
 
-fn field_err(path: &Path, line: usize, field: &str, reason: impl Into<String>) -> Error {
-    Error::Record { path: path.into(), line, field: Some(field.into()), reason: reason.into() }
+impl Dataset {
+    /// Desirable and undesirable counts.
+    pub fn label_counts(&self) -> (usize, usize) {
+        let desirable = self.examples.iter().filter(|e| e.label).count();
+        (desirable, self.examples.len() - desirable)
+    }
+}
+
+/// Finds a dataset (file, Hugging Face repo folder, or hub id in the local cache; see
+/// [`resolve_dataset`]) and reads `split` of it.
+///
+/// # Errors
+/// As [`resolve_dataset`] and [`read_dataset`].
+pub fn load_dataset(spec: &str, split: &str) -> Result<Dataset> {
+    read_dataset(&resolve_dataset(spec, split)?)
+}
+
+/// Reads a JSONL file into unpaired examples (see [`read_dataset`]).
+///
+/// # Errors
+/// As [`read_dataset`].
+pub fn read_jsonl(path: &Path) -> Result<Vec<Example>> {
+    Ok(read_dataset(&[DataFile { path: path.into(), format: FileFormat::Jsonl }])?.examples)
+}
+
+/// Reads data files into unpaired examples in TRL 1.16's order, streaming: records are typed one
+/// at a time, and paired records are unpaired in TRL's blocks of 1000 (through
+/// [`kto_core::unpair`]).
+///
+/// The first record fixes the shape (unpaired, explicit or implicit pairs) and the format
+/// (standard or conversational); every other record must use the same.
+///
+/// # Errors
+/// `path:line: field "name": reason` (`path: row N: ...` for Parquet and JSON arrays) for
+/// malformed lines, missing fields, wrong types, bad labels, empty completions, malformed
+/// message lists and unknown roles, and records of another shape or format than the first;
+/// [`Error::EmptyDataset`] when there are no records.
+pub fn read_dataset(files: &[DataFile]) -> Result<Dataset> {
+    let mut iter = records(files);
+    let Some(first) = iter.next().transpose()? else {
+        return Err(Error::EmptyDataset { path: crate::reader::describe(files) });
+    };
+    let shape = shape_of(&first)?;
+    let conversational =
+        ["prompt", "completion", "chosen", "rejected"].iter().any(|k| is_conversational(first.value.get(k)));
+    let typer = Typer { first_at: first.at.clone(), shape, conversational };
+    let mut examples = Vec::new();
+    let mut block = Vec::new();
+    for (row, record) in std::iter::once(Ok(first)).chain(iter).enumerate() {
+        let record = record?;
+        match typer.type_record(record, row)? {
+            Typed::Unpaired(e) => examples.push(*e),
+            Typed::Paired(p) => {
+                block.push(*p);
+                if block.len() == kto_core::TRL_UNPAIR_BLOCK {
+                    examples.extend(unpair_block(std::mem::take(&mut block), conversational)?);
+                }
+            }
+        }
+    }
+    if !block.is_empty() {
+        examples.extend(unpair_block(block, conversational)?);
+    }
+    Ok(Dataset { examples, shape, conversational, files: files.iter().map(|f| f.path.clone()).collect() })
+}
+
+/// Everything of a record but its prompt and completion (duplicated to both halves of a pair).
+#[derive(Debug, Clone)]
+struct RowMeta {
+    source_row: usize,
+    at: Location,
+    tools: Option<Value>,
+    chat_template_kwargs: Option<Map<String, Value>>,
+    ref_logps: Option<f64>,
+    ref_kl_logps: Option<f64>,
+    extra: Map<String, Value>,
+}
+
+impl RowMeta {
+    fn into_example(self, prompt: Content, completion: Content, label: bool) -> Example {
+        Example {
+            prompt,
+            completion,
+            label,
+            source_row: self.source_row,
+            at: self.at,
+            tools: self.tools,
+            chat_template_kwargs: self.chat_template_kwargs,
+            ref_logps: self.ref_logps,
+            ref_kl_logps: self.ref_kl_logps,
+            extra: self.extra,
+        }
+    }
+}
+
+enum Typed {
+    Unpaired(Box<Example>),
+    Paired(Box<kto_core::PairedExample<Content, RowMeta>>),
+}
+
+struct Typer {
+    first_at: Location,
+    shape: RecordShape,
+    conversational: bool,
+}
+
+fn field_err(at: &Location, field: &str, reason: impl Into<String>) -> Error {
+    Error::Record { at: at.clone(), field: Some(field.into()), reason: reason.into() }
 }
 
 /// Short JSON rendering of a found value for error messages.
@@ -75,159 +211,213 @@ fn found(v: &Value) -> String {
     if s.chars().count() > 40 { format!("{}…", s.chars().take(40).collect::<String>()) } else { s }
 }
 
-fn parse_content(path: &Path, line: usize, field: &str, v: Option<&Value>, conversational: bool) -> Result<Content> {
-    let v = v.ok_or_else(|| field_err(path, line, field, "missing"))?;
-    if conversational {
-        let items = v
-            .as_array()
-            .ok_or_else(|| field_err(path, line, field, format!("expected a list of messages, found {}", found(v))))?;
-        let mut messages = Vec::with_capacity(items.len());
-        for (k, item) in items.iter().enumerate() {
-            let role = item.get("role").and_then(Value::as_str);
-            let content = item.get("content").and_then(Value::as_str);
-            match (role, content) {
-                (Some(role), Some(content)) => {
-                    if !["system", "user", "assistant", "tool"].contains(&role) {
-                        return Err(field_err(path, line, field, format!("message {k}: unknown role \"{role}\"")));
-                    }
-                    messages.push(Message { role: role.into(), content: content.into() })
-                }
-                _ => {
-                    return Err(field_err(
-                        path,
-                        line,
-                        field,
-                        format!(
-                            "message {k}: expected {{\"role\": string, \"content\": string}}, found {}",
-                            found(item)
-                        ),
-                    ));
-                }
-            }
-        }
-        Ok(Content::Messages(messages))
-    } else {
-        match v {
-            Value::String(s) => Ok(Content::Text(s.clone())),
-            other => Err(field_err(path, line, field, format!("expected a string, found {}", found(other)))),
-        }
-    }
-}
-
 /// TRL's conversational test: a list whose first element is an object with a `role`.
 fn is_conversational(v: Option<&Value>) -> bool {
     v.and_then(Value::as_array).and_then(|a| a.first()).is_some_and(|m| m.get("role").is_some())
 }
 
-fn parse_label(path: &Path, line: usize, v: Option<&Value>) -> Result<bool> {
-    match v {
-        None => Err(field_err(path, line, "label", "missing")),
-        Some(Value::Bool(b)) => Ok(*b),
-        Some(Value::Number(n)) if n.as_u64() == Some(0) => Ok(false),
-        Some(Value::Number(n)) if n.as_u64() == Some(1) => Ok(true),
-        Some(other) => {
-            Err(field_err(path, line, "label", format!("expected a boolean (or 0/1), found {}", found(other))))
+fn shape_of(record: &RawRecord) -> Result<RecordShape> {
+    let v = &record.value;
+    if !v.is_object() {
+        return Err(Error::Record {
+            at: record.at.clone(),
+            field: None,
+            reason: format!("expected a JSON object, found {}", found(v)),
+        });
+    }
+    for key in ["image", "images"] {
+        if v.get(key).is_some() {
+            return Err(field_err(&record.at, key, "vision datasets are not supported (text-only models)"));
         }
     }
+    let has = |k: &str| v.get(k).is_some();
+    if has("chosen") || has("rejected") {
+        for k in ["chosen", "rejected"] {
+            if !has(k) {
+                return Err(field_err(&record.at, k, "missing"));
+            }
+        }
+        return Ok(if has("prompt") { RecordShape::PairedExplicit } else { RecordShape::PairedImplicit });
+    }
+    Ok(RecordShape::Unpaired)
 }
 
-/// Types records given as `(line, value)` pairs.
-///
-/// # Errors
-/// As [`read_jsonl`].
-pub fn from_values(path: &Path, records: Vec<(usize, Value)>) -> Result<Vec<Example>> {
-    let Some((first_line, first)) = records.first() else {
-        return Err(Error::EmptyDataset { path: path.into() });
-    };
-    let shape = shape_of(path, *first_line, first)?;
-    let conversational = is_conversational(first.get("prompt"))
-        || is_conversational(first.get("completion"))
-        || is_conversational(first.get("chosen"));
-    let mut unpaired = Vec::new();
-    let mut paired = Vec::new();
-    for (row, (line, value)) in records.iter().enumerate() {
-        let line = *line;
-        if !value.is_object() {
+impl Typer {
+    fn type_record(&self, record: RawRecord, source_row: usize) -> Result<Typed> {
+        let at = &record.at;
+        let this_shape = shape_of(&record)?;
+        if this_shape != self.shape {
             return Err(Error::Record {
-                path: path.into(),
-                line,
-                field: None,
-                reason: format!("expected a JSON object, found {}", found(value)),
-            });
-        }
-        let this_shape = shape_of(path, line, value)?;
-        if this_shape != shape {
-            return Err(Error::Record {
-                path: path.into(),
-                line,
+                at: at.clone(),
                 field: None,
                 reason: format!(
-                    "record is {this_shape:?} but line {first_line} is {shape:?}; a dataset must use one format"
+                    "record is {this_shape:?} but {} is {:?}; a dataset must use one format",
+                    self.first_at.seen_from(at),
+                    self.shape
                 ),
             });
         }
+        let Value::Object(mut object) = record.value else { unreachable!("shape_of checked it is an object") };
         for key in ["prompt", "completion", "chosen", "rejected"] {
-            if let Some(v) = value.get(key)
-                && is_conversational(Some(v)) != conversational
-                && !(v.as_array().is_some_and(|a| a.is_empty()))
+            if let Some(v) = object.get(key)
+                && is_conversational(Some(v)) != self.conversational
+                && !v.as_array().is_some_and(|a| a.is_empty())
             {
-                let kind = if conversational { "conversational" } else { "standard" };
-                return Err(field_err(path, line, key, format!("mixes formats: line {first_line} is {kind}")));
+                let kind = if self.conversational { "conversational" } else { "standard" };
+                return Err(field_err(at, key, format!("mixes formats: {} is {kind}", self.first_at.seen_from(at))));
             }
         }
-        match shape {
+        let content = |field: &str| self.content(at, field, object.get(field));
+        let prompt = match self.shape {
+            RecordShape::PairedImplicit => None,
+            _ => Some(content("prompt")?),
+        };
+        let typed_rest = match self.shape {
             RecordShape::Unpaired => {
-                let completion = parse_content(path, line, "completion", value.get("completion"), conversational)?;
-                let empty = match &completion {
-                    Content::Text(s) => s.is_empty(),
-                    Content::Messages(m) => m.is_empty(),
-                };
-                if empty {
-                    return Err(field_err(path, line, "completion", "is empty"));
+                let completion = content("completion")?;
+                if completion.is_empty() {
+                    return Err(field_err(at, "completion", "is empty"));
                 }
-                unpaired.push(Example {
-                    prompt: parse_content(path, line, "prompt", value.get("prompt"), conversational)?,
-                    completion,
-                    label: parse_label(path, line, value.get("label"))?,
-                    source_row: row,
-                });
+                Some((completion, parse_label(at, object.get("label"))?))
             }
-            RecordShape::PairedExplicit | RecordShape::PairedImplicit => {
-                let prompt = match shape {
-                    RecordShape::PairedExplicit => {
-                        Some(parse_content(path, line, "prompt", value.get("prompt"), conversational)?)
-                    }
-                    _ => None,
-                };
-                paired.push(kto_core::PairedExample {
-                    prompt,
-                    chosen: parse_content(path, line, "chosen", value.get("chosen"), conversational)?,
-                    rejected: parse_content(path, line, "rejected", value.get("rejected"), conversational)?,
-                    extra: row,
-                });
+            _ => None,
+        };
+        let pair = match self.shape {
+            RecordShape::Unpaired => None,
+            _ => Some((content("chosen")?, content("rejected")?)),
+        };
+        let meta = RowMeta {
+            source_row,
+            at: at.clone(),
+            tools: parse_tools(at, object.remove("tools"))?,
+            chat_template_kwargs: match object.remove("chat_template_kwargs") {
+                None | Some(Value::Null) => None,
+                Some(Value::Object(m)) => Some(m),
+                Some(other) => {
+                    return Err(field_err(
+                        at,
+                        "chat_template_kwargs",
+                        format!("expected an object, found {}", found(&other)),
+                    ));
+                }
+            },
+            ref_logps: parse_number(at, "ref_logps", object.get("ref_logps"))?,
+            ref_kl_logps: parse_number(at, "ref_KL_logps", object.get("ref_KL_logps"))?,
+            extra: object.into_iter().filter(|(k, _)| !KNOWN_COLUMNS.contains(&k.as_str())).collect(),
+        };
+        Ok(match (typed_rest, pair) {
+            (Some((completion, label)), _) => Typed::Unpaired(Box::new(meta.into_example(
+                prompt.expect("unpaired records have a prompt"),
+                completion,
+                label,
+            ))),
+            (None, Some((chosen, rejected))) => {
+                Typed::Paired(Box::new(kto_core::PairedExample { prompt, chosen, rejected, extra: meta }))
             }
+            (None, None) => unreachable!("every shape is unpaired or paired"),
+        })
+    }
+
+    fn content(&self, at: &Location, field: &str, v: Option<&Value>) -> Result<Content> {
+        let v = v.ok_or_else(|| field_err(at, field, "missing"))?;
+        if !self.conversational {
+            return match v {
+                Value::String(s) => Ok(Content::Text(s.clone())),
+                other => Err(field_err(at, field, format!("expected a string, found {}", found(other)))),
+            };
         }
+        let items = v
+            .as_array()
+            .ok_or_else(|| field_err(at, field, format!("expected a list of messages, found {}", found(v))))?;
+        let mut messages = Vec::with_capacity(items.len());
+        for (k, item) in items.iter().enumerate() {
+            let malformed = || {
+                field_err(
+                    at,
+                    field,
+                    format!("message {k}: expected {{\"role\": string, \"content\": string}}, found {}", found(item)),
+                )
+            };
+            let Value::Object(map) = item else { return Err(malformed()) };
+            let role = map.get("role").and_then(Value::as_str).ok_or_else(malformed)?;
+            if !ROLES.contains(&role) {
+                return Err(field_err(at, field, format!("message {k}: unknown role \"{role}\"")));
+            }
+            let content = match map.get("content") {
+                Some(Value::String(s)) => s.clone(),
+                // Assistant turns that only call tools may have no content.
+                None | Some(Value::Null) if map.contains_key("tool_calls") => String::new(),
+                _ => return Err(malformed()),
+            };
+            let extra =
+                map.iter().filter(|(k, _)| *k != "role" && *k != "content").map(|(k, v)| (k.clone(), v.clone()));
+            messages.push(Message { role: role.into(), content, extra: extra.collect() });
+        }
+        Ok(Content::Messages(messages))
     }
-    if shape == RecordShape::Unpaired {
-        return Ok(unpaired);
+}
+
+fn parse_label(at: &Location, v: Option<&Value>) -> Result<bool> {
+    match v {
+        None => Err(field_err(at, "label", "missing")),
+        Some(Value::Bool(b)) => Ok(*b),
+        Some(Value::Number(n)) if n.as_u64() == Some(0) => Ok(false),
+        Some(Value::Number(n)) if n.as_u64() == Some(1) => Ok(true),
+        Some(other) => Err(field_err(at, "label", format!("expected a boolean (or 0/1), found {}", found(other)))),
     }
-    let lines: Vec<usize> = records.iter().map(|(line, _)| *line).collect();
+}
+
+fn parse_number(at: &Location, field: &str, v: Option<&Value>) -> Result<Option<f64>> {
+    match v {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::Number(n)) => Ok(n.as_f64()),
+        Some(other) => Err(field_err(at, field, format!("expected a number, found {}", found(other)))),
+    }
+}
+
+/// `tools` is a list, or a JSON string holding one (TRL `json.loads` it).
+fn parse_tools(at: &Location, v: Option<Value>) -> Result<Option<Value>> {
+    match v {
+        None | Some(Value::Null) => Ok(None),
+        Some(list @ Value::Array(_)) => Ok(Some(list)),
+        Some(Value::String(s)) => match serde_json::from_str::<Value>(&s) {
+            Ok(list @ Value::Array(_)) => Ok(Some(list)),
+            Ok(Value::Null) => Ok(None),
+            Ok(other) => Err(field_err(at, "tools", format!("expected a list of tools, found {}", found(&other)))),
+            Err(e) => Err(field_err(at, "tools", format!("invalid JSON in string: {e}"))),
+        },
+        Some(other) => Err(field_err(at, "tools", format!("expected a list of tools, found {}", found(&other)))),
+    }
+}
+
+/// Unpairs one block of paired records (chosen rows, then rejected rows), extracting implicit
+/// prompts; conversational and text contents go through [`kto_core::unpair`] with their own
+/// comparison units.
+fn unpair_block(block: Vec<kto_core::PairedExample<Content, RowMeta>>, conversational: bool) -> Result<Vec<Example>> {
+    let ats: Vec<Location> = block.iter().map(|p| p.extra.at.clone()).collect();
+    let map_err = |e: kto_core::Error| match e {
+        kto_core::Error::EmptyPairedField { row, field } => {
+            field_err(&ats[row], field, "is empty, cannot extract an implicit prompt")
+        }
+        kto_core::Error::MixedPromptPresence { row, .. } => {
+            field_err(&ats[row], "prompt", "some records have a prompt and others do not")
+        }
+        other => Error::Record { at: ats[0].clone(), field: None, reason: other.to_string() },
+    };
     if conversational {
-        let typed = paired.into_iter().map(|p| kto_core::PairedExample {
-            prompt: p.prompt.map(into_messages),
-            chosen: into_messages(p.chosen),
-            rejected: into_messages(p.rejected),
-            extra: p.extra,
-        });
-        unpair_typed(path, &lines, typed.collect(), Content::Messages)
+        let typed = block.into_iter().map(|p| p.map_content(into_messages)).collect();
+        let out = kto_core::unpair(typed, kto_core::TRL_UNPAIR_BLOCK).map_err(map_err)?;
+        Ok(out
+            .into_iter()
+            .map(|u| u.extra.into_example(Content::Messages(u.prompt), Content::Messages(u.completion), u.label))
+            .collect())
     } else {
-        let typed = paired.into_iter().map(|p| kto_core::PairedExample {
-            prompt: p.prompt.map(into_text),
-            chosen: into_text(p.chosen),
-            rejected: into_text(p.rejected),
-            extra: p.extra,
-        });
-        unpair_typed(path, &lines, typed.collect(), Content::Text)
+        let typed = block.into_iter().map(|p| p.map_content(into_text)).collect();
+        let out = kto_core::unpair(typed, kto_core::TRL_UNPAIR_BLOCK).map_err(map_err)?;
+        Ok(out
+            .into_iter()
+            .map(|u| u.extra.into_example(Content::Text(u.prompt), Content::Text(u.completion), u.label))
+            .collect())
     }
 }
 
@@ -243,40 +433,4 @@ fn into_text(c: Content) -> String {
         Content::Text(s) => s,
         Content::Messages(_) => unreachable!("invariant: standard records parse to text"),
     }
-}
-
-fn unpair_typed<C: kto_core::PromptContent + Clone>(
-    path: &Path,
-    lines: &[usize],
-    paired: Vec<kto_core::PairedExample<C, usize>>,
-    wrap: fn(C) -> Content,
-) -> Result<Vec<Example>> {
-    let out = kto_core::unpair(paired, kto_core::TRL_UNPAIR_BLOCK).map_err(|e| match e {
-        kto_core::Error::EmptyPairedField { row, field } => {
-            field_err(path, lines[row], field, "is empty, cannot extract an implicit prompt")
-        }
-        other => Error::Record { path: path.into(), line: 0, field: None, reason: other.to_string() },
-    })?;
-    Ok(out
-        .into_iter()
-        .map(|u| Example {
-            prompt: wrap(u.prompt),
-            completion: wrap(u.completion),
-            label: u.label,
-            source_row: u.extra,
-        })
-        .collect())
-}
-
-fn shape_of(path: &Path, line: usize, v: &Value) -> Result<RecordShape> {
-    let has = |k: &str| v.get(k).is_some();
-    if has("chosen") || has("rejected") {
-        for k in ["chosen", "rejected"] {
-            if !has(k) {
-                return Err(field_err(path, line, k, "missing"));
-            }
-        }
-        return Ok(if has("prompt") { RecordShape::PairedExplicit } else { RecordShape::PairedImplicit });
-    }
-    Ok(RecordShape::Unpaired)
 }

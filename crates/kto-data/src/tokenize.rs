@@ -1,8 +1,33 @@
 //! TRL 1.16's tokenization of unpaired examples, its `max_length` filter and its KL pairs.
 
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::record::{Content, Example};
-use crate::tokenizer::{HfTokenizer, Message};
+use crate::tokenizer::{HfTokenizer, Message, TemplateInputs};
+
+/// How classic TRL cuts a prompt that is over `max_prompt_length` ([`TokenizeConfig::max_prompt_length`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum TruncationMode {
+    /// Keep the last tokens (classic TRL's default), after the BOS token when the prompt starts
+    /// with one.
+    #[default]
+    KeepEnd,
+    /// Keep the first tokens.
+    KeepStart,
+}
+
+impl TruncationMode {
+    /// Parses TRL's names `keep_end` and `keep_start`.
+    ///
+    /// # Errors
+    /// A message listing the accepted names.
+    pub fn parse(s: &str) -> std::result::Result<Self, String> {
+        match s {
+            "keep_end" => Ok(Self::KeepEnd),
+            "keep_start" => Ok(Self::KeepStart),
+            other => Err(format!("unknown truncation_mode \"{other}\" (expected keep_end or keep_start)")),
+        }
+    }
+}
 
 /// Settings of [`tokenize_examples`] (TRL `KTOConfig` names).
 #[derive(Debug, Clone)]
@@ -10,10 +35,52 @@ pub struct TokenizeConfig {
     /// Rows whose prompt alone has at least this many tokens are dropped; the collator keeps the
     /// first `max_length` tokens of prompt + completion. `None` disables both. TRL default 1024.
     pub max_length: Option<usize>,
+    /// Classic TRL's prompt budget (removed in TRL 1.16, where it is ignored). When set, a row
+    /// longer than `max_length` has its prompt cut to `max_prompt_length` tokens (as
+    /// `truncation_mode` says) and then its completion to `max_length - max_prompt_length`, so no
+    /// row is dropped. Requires `max_length`, and must be below it.
+    pub max_prompt_length: Option<usize>,
+    /// Which end of the prompt `max_prompt_length` keeps.
+    pub truncation_mode: TruncationMode,
     /// KL pairs are formed in consecutive chunks of this many rows (`per_device_train_batch_size`).
     pub per_device_train_batch_size: usize,
     /// Build KL completions (`false` for `apo_zero_unpaired`).
     pub kl_pairs: bool,
+}
+
+impl TokenizeConfig {
+    /// TRL 1.16's defaults: `max_length` 1024, no prompt budget, KL pairs in chunks of
+    /// `per_device_train_batch_size`.
+    pub fn trl(per_device_train_batch_size: usize) -> Self {
+        Self {
+            max_length: Some(1024),
+            max_prompt_length: None,
+            truncation_mode: TruncationMode::KeepEnd,
+            per_device_train_batch_size,
+            kl_pairs: true,
+        }
+    }
+
+    /// Checks the lengths fit together.
+    ///
+    /// # Errors
+    /// [`Error::Config`] naming the setting.
+    pub fn validate(&self) -> Result<()> {
+        let bad = |message: String| Err(Error::Config { message });
+        if self.max_length == Some(0) {
+            return bad("max_length must be at least 1".into());
+        }
+        if self.per_device_train_batch_size == 0 {
+            return bad("per_device_train_batch_size must be at least 1".into());
+        }
+        match (self.max_prompt_length, self.max_length) {
+            (Some(_), None) => bad("max_prompt_length needs max_length (the total budget)".into()),
+            (Some(p), Some(l)) if p >= l => {
+                bad(format!("max_prompt_length ({p}) must be below max_length ({l}) to leave room for the completion"))
+            }
+            _ => Ok(()),
+        }
+    }
 }
 
 /// One example after tokenization.
@@ -29,6 +96,25 @@ pub struct TokenizedRow {
     pub completion_ids: Vec<u32>,
     /// The completion this row is paired with for the KL estimate.
     pub kl_completion_ids: Option<Vec<u32>>,
+    /// Precomputed reference log-probability of the completion, when the dataset has one.
+    pub ref_logps: Option<f64>,
+    /// Precomputed reference log-probability of the KL completion, when the dataset has one.
+    pub ref_kl_logps: Option<f64>,
+    /// Tokens `max_prompt_length` removed from the prompt and the completion.
+    pub truncated: (usize, usize),
+}
+
+impl TokenizedRow {
+    /// Prompt plus completion tokens.
+    pub fn len(&self) -> usize {
+        self.prompt_ids.len() + self.completion_ids.len()
+    }
+
+    /// Never true for a row [`tokenize_examples`] returns (it rejects rows without completion
+    /// tokens).
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
 }
 
 /// A row removed by the `max_length` filter.
@@ -40,6 +126,10 @@ pub struct DroppedRow {
     pub label: bool,
     /// Why, e.g. `len(prompt_ids)=88 >= max_length=48`.
     pub reason: String,
+    /// Its prompt token ids.
+    pub prompt_ids: Vec<u32>,
+    /// Its completion token ids.
+    pub completion_ids: Vec<u32>,
 }
 
 /// What [`tokenize_examples`] returns.
@@ -49,69 +139,65 @@ pub struct Tokenized {
     pub rows: Vec<TokenizedRow>,
     /// Rows the `max_length` filter dropped.
     pub dropped: Vec<DroppedRow>,
+    /// Every source row in processing order: `Ok(i)` is `rows[i]`, `Err(i)` is `dropped[i]`.
+    pub order: Vec<std::result::Result<usize, usize>>,
     /// TRL's one-time warning when a tokenized prompt is not a prefix of prompt + completion.
     pub prefix_warning: Option<String>,
     /// Number of rows whose prompt lost tokens to that mismatch.
     pub prefix_mismatches: usize,
 }
 
-/// Tokenizes examples exactly as TRL 1.16's `KTOTrainer` preprocessing does:
+/// Tokenizes examples exactly as TRL 1.16's `KTOTrainer` preprocessing does, in parallel:
 ///
 /// - standard data: the EOS text is appended to the completion unless already there; prompt and
 ///   prompt + completion are tokenized with the tokenizer's special tokens;
-/// - conversational data: the chat template renders the prompt with the generation prompt and
-///   prompt + completion without it; both are tokenized without extra special tokens;
+/// - conversational data: the chat template (with the row's `tools` and `chat_template_kwargs`)
+///   renders the prompt with the generation prompt and prompt + completion without it; both are
+///   tokenized without extra special tokens;
 /// - the completion is what follows the longest common prefix of the two token lists, and the
 ///   prompt is cut to that prefix (with a one-time warning when it loses tokens);
+/// - with `max_prompt_length` (classic TRL), over-long rows are cut (see [`TokenizeConfig`]);
 /// - rows whose prompt has `max_length` tokens or more are dropped, then KL completions rotate by
 ///   one inside consecutive chunks of `per_device_train_batch_size` rows.
 ///
 /// # Errors
-/// Tokenizer and chat-template errors.
+/// [`Error::Config`] for inconsistent lengths; `file:line: field "prompt": chat template: ...`
+/// when the template raises for a row; `file:line: field "completion": ...` for a row left with
+/// no completion tokens.
 pub fn tokenize_examples(examples: &[Example], tokenizer: &HfTokenizer, config: &TokenizeConfig) -> Result<Tokenized> {
+    use rayon::prelude::*;
+    config.validate()?;
     let eos = tokenizer.eos_token.clone().unwrap_or_default();
+    let bos = tokenizer.bos_token.as_deref().and_then(|t| tokenizer.token_id(t));
+    let encoded: Vec<(TokenizedRow, bool)> =
+        examples.par_iter().map(|ex| tokenize_one(ex, tokenizer, &eos, bos, config)).collect::<Result<_>>()?;
     let mut kept = Vec::new();
     let mut dropped = Vec::new();
+    let mut order = Vec::with_capacity(encoded.len());
     let mut prefix_warning = None;
     let mut prefix_mismatches = 0;
-    for ex in examples {
-        let (prompt_ids, full_ids) = match (&ex.prompt, &ex.completion) {
-            (Content::Text(prompt), Content::Text(completion)) => {
-                let completion =
-                    if completion.ends_with(&eos) { completion.clone() } else { format!("{completion}{eos}") };
-                (tokenizer.encode(prompt, true)?, tokenizer.encode(&format!("{prompt}{completion}"), true)?)
-            }
-            (prompt, completion) => {
-                let prompt = messages(prompt);
-                let mut all = prompt.clone();
-                all.extend(messages(completion));
-                let prompt_text = tokenizer.apply_chat_template(&prompt, true)?;
-                let full_text = tokenizer.apply_chat_template(&all, false)?;
-                (tokenizer.encode(&prompt_text, false)?, tokenizer.encode(&full_text, false)?)
-            }
-        };
-        let shared = prompt_ids.iter().zip(&full_ids).take_while(|(a, b)| a == b).count();
-        if shared < prompt_ids.len() {
+    for ((row, mismatch), ex) in encoded.into_iter().zip(examples) {
+        if mismatch {
             prefix_mismatches += 1;
             if prefix_warning.is_none() {
-                let left_out = tokenizer.decode(&prompt_ids[shared..], false)?;
-                prefix_warning = Some(prefix_message(&left_out));
+                prefix_warning = Some(prefix_message(&left_out_text(ex, tokenizer, &eos)?));
             }
         }
-        let row = TokenizedRow {
-            source_row: ex.source_row,
-            label: ex.label,
-            prompt_ids: prompt_ids[..shared].to_vec(),
-            completion_ids: full_ids[shared..].to_vec(),
-            kl_completion_ids: None,
-        };
         match config.max_length {
-            Some(max) if row.prompt_ids.len() >= max => dropped.push(DroppedRow {
-                source_row: row.source_row,
-                label: row.label,
-                reason: format!("len(prompt_ids)={} >= max_length={max}", row.prompt_ids.len()),
-            }),
-            _ => kept.push(row),
+            Some(max) if row.prompt_ids.len() >= max => {
+                order.push(Err(dropped.len()));
+                dropped.push(DroppedRow {
+                    source_row: row.source_row,
+                    label: row.label,
+                    reason: format!("len(prompt_ids)={} >= max_length={max}", row.prompt_ids.len()),
+                    prompt_ids: row.prompt_ids,
+                    completion_ids: row.completion_ids,
+                });
+            }
+            _ => {
+                order.push(Ok(kept.len()));
+                kept.push(row);
+            }
         }
     }
     if config.kl_pairs {
@@ -121,13 +207,114 @@ pub fn tokenize_examples(examples: &[Example], tokenizer: &HfTokenizer, config: 
             row.kl_completion_ids = Some(completions[partner].clone());
         }
     }
-    Ok(Tokenized { rows: kept, dropped, prefix_warning, prefix_mismatches })
+    Ok(Tokenized { rows: kept, dropped, order, prefix_warning, prefix_mismatches })
+}
+
+/// The prompt and prompt + completion token ids of one example, untruncated.
+fn encode_pair(ex: &Example, tokenizer: &HfTokenizer, eos: &str) -> Result<(Vec<u32>, Vec<u32>)> {
+    let row_err =
+        |field: &str, e: Error| Error::Record { at: ex.at.clone(), field: Some(field.into()), reason: e.to_string() };
+    Ok(match (&ex.prompt, &ex.completion) {
+        (Content::Text(prompt), Content::Text(completion)) => {
+            let completion = if completion.ends_with(eos) { completion.clone() } else { format!("{completion}{eos}") };
+            (
+                tokenizer.encode(prompt, true).map_err(|e| row_err("prompt", e))?,
+                tokenizer.encode(&format!("{prompt}{completion}"), true).map_err(|e| row_err("completion", e))?,
+            )
+        }
+        (prompt, completion) => {
+            let prompt = messages(prompt);
+            let mut all = prompt.clone();
+            all.extend(messages(completion));
+            let inputs = TemplateInputs { tools: ex.tools.as_ref(), kwargs: ex.chat_template_kwargs.as_ref() };
+            let prompt_text = tokenizer.render_chat(&prompt, true, inputs).map_err(|e| row_err("prompt", e))?;
+            let full_text = tokenizer.render_chat(&all, false, inputs).map_err(|e| row_err("completion", e))?;
+            (
+                tokenizer.encode(&prompt_text, false).map_err(|e| row_err("prompt", e))?,
+                tokenizer.encode(&full_text, false).map_err(|e| row_err("completion", e))?,
+            )
+        }
+    })
+}
+
+/// One row, and whether its prompt was not a prefix of prompt + completion.
+fn tokenize_one(
+    ex: &Example,
+    tokenizer: &HfTokenizer,
+    eos: &str,
+    bos: Option<u32>,
+    config: &TokenizeConfig,
+) -> Result<(TokenizedRow, bool)> {
+    let (prompt_ids, full_ids) = encode_pair(ex, tokenizer, eos)?;
+    let shared = prompt_ids.iter().zip(&full_ids).take_while(|(a, b)| a == b).count();
+    let mut prompt = prompt_ids[..shared].to_vec();
+    let mut completion = full_ids[shared..].to_vec();
+    let mut truncated = (0, 0);
+    if let (Some(budget), Some(max)) = (config.max_prompt_length, config.max_length)
+        && prompt.len() + completion.len() > max
+    {
+        let before = (prompt.len(), completion.len());
+        prompt = cut_prompt(prompt, budget, config.truncation_mode, bos);
+        if prompt.len() + completion.len() > max {
+            completion.truncate(max - budget);
+        }
+        truncated = (before.0 - prompt.len(), before.1 - completion.len());
+    }
+    if completion.is_empty() {
+        return Err(Error::Record {
+            at: ex.at.clone(),
+            field: Some("completion".into()),
+            reason: format!(
+                "no completion tokens after tokenization (the prompt has {} tokens and prompt + completion {}); \
+                 nothing would be trained on this row",
+                prompt_ids.len(),
+                full_ids.len()
+            ),
+        });
+    }
+    let row = TokenizedRow {
+        source_row: ex.source_row,
+        label: ex.label,
+        prompt_ids: prompt,
+        completion_ids: completion,
+        kl_completion_ids: None,
+        ref_logps: ex.ref_logps,
+        ref_kl_logps: ex.ref_kl_logps,
+        truncated,
+    };
+    Ok((row, shared < prompt_ids.len()))
+}
+
+/// Classic TRL's prompt truncation to `budget` tokens; `keep_end` keeps a leading BOS (classic TRL
+/// adds BOS after truncating, so its prompts always start with it).
+fn cut_prompt(prompt: Vec<u32>, budget: usize, mode: TruncationMode, bos: Option<u32>) -> Vec<u32> {
+    if prompt.len() <= budget {
+        return prompt;
+    }
+    match mode {
+        TruncationMode::KeepStart => prompt[..budget].to_vec(),
+        TruncationMode::KeepEnd => match (bos, prompt.first()) {
+            (Some(b), Some(&first)) if first == b && budget > 0 => {
+                let mut out = vec![b];
+                out.extend_from_slice(&prompt[prompt.len() - (budget - 1)..]);
+                out
+            }
+            _ => prompt[prompt.len() - budget..].to_vec(),
+        },
+    }
+}
+
+/// The text of the prompt tokens a mismatching row leaves out (for TRL's warning).
+fn left_out_text(ex: &Example, tokenizer: &HfTokenizer, eos: &str) -> Result<String> {
+    let (prompt_ids, full_ids) = encode_pair(ex, tokenizer, eos)?;
+    let shared = prompt_ids.iter().zip(&full_ids).take_while(|(a, b)| a == b).count();
+    tokenizer.decode(&prompt_ids[shared..], false)
 }
 
 fn messages(content: &Content) -> Vec<Message> {
     match content {
         Content::Messages(m) => m.clone(),
-        Content::Text(t) => vec![Message { role: "user".into(), content: t.clone() }],
+        Content::Text(t) => vec![Message::new("user", t.clone())],
     }
 }
 

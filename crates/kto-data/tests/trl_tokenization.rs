@@ -16,6 +16,7 @@ fn check(case: &str, dataset: &str, model: &str) {
         max_length: cfg["max_length"].as_u64().map(|v| v as usize),
         per_device_train_batch_size: cfg["per_device_train_batch_size"].as_u64().expect("batch size") as usize,
         kl_pairs: cfg["loss_type"] == "kto",
+        ..TokenizeConfig::trl(4)
     };
     let tokenizer = HfTokenizer::from_folder(&fixture(model)).expect("tokenizer");
     let examples = read_jsonl(&fixture(dataset)).expect("dataset reads");

@@ -3,7 +3,7 @@
 use std::path::Path;
 
 use burn::prelude::*;
-use kto_core::CausalLm;
+use kto_core::{CausalLm, SplitMix64};
 use serde_json::Value;
 
 use crate::decoder::{KvCache, TransformerLm};
@@ -90,7 +90,7 @@ impl GenerationConfig {
 /// When `prompt` is empty.
 pub fn generate(model: &TransformerLm, prompt: &[u32], config: &GenerationConfig, device: &Device) -> Vec<u32> {
     assert!(!prompt.is_empty(), "generation needs at least one prompt token");
-    let mut rng = SplitMix64(config.seed);
+    let mut rng = SplitMix64::new(config.seed);
     let mut tokens: Vec<u32> = prompt.to_vec();
     let mut cache = KvCache::new();
     let mut new = Vec::new();
@@ -177,23 +177,6 @@ fn pick(logits: &[f32], config: &GenerationConfig, rng: &mut SplitMix64) -> u32 
     *order.last().expect("at least one candidate") as u32
 }
 
-/// A small, seedable generator (SplitMix64): reproducible sampling without a dependency.
-struct SplitMix64(u64);
-
-impl SplitMix64 {
-    fn next_u64(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-
-    fn next_f64(&mut self) -> f64 {
-        (self.next_u64() >> 11) as f64 / (1u64 << 53) as f64
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -201,7 +184,7 @@ mod tests {
     #[test]
     fn greedy_takes_the_first_maximum_and_top_k_one_is_greedy() {
         let config = GenerationConfig::default();
-        let mut rng = SplitMix64(0);
+        let mut rng = SplitMix64::new(0);
         assert_eq!(pick(&[0.1, 2.0, 2.0, -1.0], &config, &mut rng), 1);
         let sampled = GenerationConfig { do_sample: true, top_k: 1, ..GenerationConfig::default() };
         for _ in 0..10 {
