@@ -15,6 +15,21 @@ pub enum Error {
         /// What is wrong with its value.
         reason: String,
     },
+    /// Settings that do not fit together, or a batch that lacks what the settings need; the
+    /// message names the setting.
+    #[error("{reason}")]
+    Settings {
+        /// What is wrong, naming the setting (TRL's name).
+        reason: String,
+    },
+    /// The loss or the gradients became NaN or infinite.
+    #[error("step {step}: {what} is not finite; training stopped (the last checkpoint is intact)")]
+    NonFinite {
+        /// The optimizer step (1-based) that failed.
+        step: u64,
+        /// What was not finite, with its value.
+        what: String,
+    },
     /// A paired record whose `chosen` or `rejected` is empty, so no prompt can be extracted
     /// (TRL crashes on such a row).
     #[error("row {row}: field `{field}`: is empty, cannot extract an implicit prompt")]

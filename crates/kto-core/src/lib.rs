@@ -54,10 +54,12 @@ mod lm;
 mod logps;
 mod loss;
 mod metrics;
+mod optim;
 mod pairing;
 mod rng;
 #[cfg(test)]
 mod test_lm;
+mod trainer;
 mod unpair;
 mod weights;
 
@@ -68,8 +70,10 @@ pub use lm::CausalLm;
 pub use logps::{CompletionLogps, LogpsConfig, TokenStats, completion_logps, logps_from_hidden, sequence_logps};
 pub use loss::{KtoLoss, KtoLossConfig, LossType, kto_loss};
 pub use metrics::{Metric, MetricsAggregator, MicroBatchInputs, Mode, Reduction, RowTokenStats, microbatch_metrics};
+pub use optim::{HostMoments, Optimizer, OptimizerKind, Schedule, ScheduleKind, clip_factor, global_grad_norm};
 pub use pairing::{kl_partners, kl_partners_chunked};
 pub use rng::SplitMix64;
+pub use trainer::{BATCH_SIZE_ONE_MESSAGE, KlMode, Reference, StepReport, Trainer, TrainerConfig, reference_logps};
 pub use unpair::{
     ExtractedPrompt, PairedExample, PromptContent, TRL_UNPAIR_BLOCK, UnpairedExample, extract_prompt, unpair,
 };

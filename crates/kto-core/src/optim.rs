@@ -1,0 +1,355 @@
+//! Optimisation with PyTorch's semantics, which TRL users' numbers depend on: the *global*
+//! gradient norm and clipping of `torch.nn.utils.clip_grad_norm_`, `torch.optim.AdamW`
+//! (decoupled weight decay, bias-corrected moments, `eps` outside the square root) and
+//! `torch.optim.SGD`, and transformers' learning-rate schedules.
+//!
+//! burn's own optimizers clip each tensor by its own norm and place `eps` differently; these are
+//! written against parameters directly so every step matches torch's arithmetic. Optimizer state
+//! is keyed by each parameter's module path (`model.layers.0.mlp.up_proj.weight`), which is stable
+//! across runs and therefore checkpointable.
+
+use std::collections::BTreeMap;
+
+use burn::module::{ModuleMapper, ModuleVisitor, Param};
+use burn::optim::GradientsParams;
+use burn::prelude::*;
+
+use crate::error::{Error, Result};
+
+/// Which optimizer, with its hyper-parameters (transformers' `optim` names).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum OptimizerKind {
+    /// `adamw_torch`: `torch.optim.AdamW`.
+    AdamW {
+        /// `adam_beta1` (0.9).
+        beta1: f64,
+        /// `adam_beta2` (0.999).
+        beta2: f64,
+        /// `adam_epsilon` (1e-8).
+        eps: f64,
+        /// `weight_decay` (0), decoupled: `p ← p (1 − lr·wd)`.
+        weight_decay: f64,
+    },
+    /// `sgd`: `torch.optim.SGD` without momentum; `weight_decay` is added to the gradient.
+    Sgd {
+        /// `weight_decay` (0).
+        weight_decay: f64,
+    },
+}
+
+impl OptimizerKind {
+    /// Parses transformers' `optim` value with the shared hyper-parameters.
+    ///
+    /// # Errors
+    /// [`Error::InvalidConfig`] for an unknown name or out-of-range values.
+    pub fn parse(name: &str, beta1: f64, beta2: f64, eps: f64, weight_decay: f64) -> Result<Self> {
+        let bad = |reason: String| Err(Error::Settings { reason });
+        if !(0.0..1.0).contains(&beta1) || !(0.0..1.0).contains(&beta2) {
+            return bad(format!("adam_beta1 and adam_beta2 must be in [0, 1), got {beta1} and {beta2}"));
+        }
+        if eps.is_nan() || eps < 0.0 || weight_decay.is_nan() || weight_decay < 0.0 {
+            return bad(format!("adam_epsilon and weight_decay must be >= 0, got {eps} and {weight_decay}"));
+        }
+        match name {
+            "adamw_torch" | "adamw_torch_fused" | "adamw" | "adamw_hf" => {
+                Ok(Self::AdamW { beta1, beta2, eps, weight_decay })
+            }
+            "sgd" => Ok(Self::Sgd { weight_decay }),
+            other => bad(format!("optim \"{other}\" is not supported (expected adamw_torch or sgd)")),
+        }
+    }
+}
+
+/// Per-parameter optimizer state on the host side of a checkpoint: `(path, first moment, second
+/// moment)`, flattened (empty for SGD).
+pub type HostMoments = Vec<(String, Vec<f32>, Vec<f32>)>;
+
+/// An optimizer's state: the step count and, for AdamW, both moments of every parameter.
+#[derive(Debug, Clone)]
+pub struct Optimizer {
+    kind: OptimizerKind,
+    /// Optimizer steps taken.
+    step: u64,
+    moments: BTreeMap<String, (Tensor<1>, Tensor<1>)>,
+}
+
+impl Optimizer {
+    /// A fresh optimizer.
+    pub fn new(kind: OptimizerKind) -> Self {
+        Self { kind, step: 0, moments: BTreeMap::new() }
+    }
+
+    /// The optimizer's settings.
+    pub fn kind(&self) -> OptimizerKind {
+        self.kind
+    }
+
+    /// Steps taken so far.
+    pub fn steps(&self) -> u64 {
+        self.step
+    }
+
+    /// Applies one update with learning rate `lr` to every parameter of `module` that has a
+    /// gradient in `grads`, after scaling the gradients by `grad_scale` (the clipping factor).
+    pub fn step<M: Module>(&mut self, module: M, grads: &mut GradientsParams, lr: f64, grad_scale: f64) -> M {
+        self.step += 1;
+        let mut mapper = Update { optimizer: self, grads, lr, grad_scale, path: Vec::new() };
+        module.map(&mut mapper)
+    }
+
+    /// The state as host data, for checkpoints.
+    pub fn to_host(&self) -> (u64, HostMoments) {
+        let moments = self.moments.iter().map(|(k, (m, v))| (k.clone(), host(m.clone()), host(v.clone()))).collect();
+        (self.step, moments)
+    }
+
+    /// Restores the state written by [`Self::to_host`] onto `device`.
+    pub fn from_host(kind: OptimizerKind, step: u64, moments: HostMoments, device: &Device) -> Self {
+        let to = |v: Vec<f32>| {
+            let n = v.len();
+            Tensor::<1>::from_data(TensorData::new(v, [n]), (device, burn::tensor::DType::F32))
+        };
+        let moments = moments.into_iter().map(|(k, m, v)| (k, (to(m), to(v)))).collect();
+        Self { kind, step, moments }
+    }
+}
+
+fn host(t: Tensor<1>) -> Vec<f32> {
+    t.into_data().convert::<f32>().try_into_vec::<f32>().expect("f32 data after convert")
+}
+
+struct Update<'a> {
+    optimizer: &'a mut Optimizer,
+    grads: &'a mut GradientsParams,
+    lr: f64,
+    grad_scale: f64,
+    path: Vec<String>,
+}
+
+impl ModuleMapper for Update<'_> {
+    fn enter_module(&mut self, name: &str, _container_type: &str) {
+        self.path.push(name.to_string());
+    }
+
+    fn exit_module(&mut self, _name: &str, _container_type: &str) {
+        self.path.pop();
+    }
+
+    fn map_float<const D: usize>(&mut self, param: Param<Tensor<D>>) -> Param<Tensor<D>> {
+        let (id, tensor, mapper) = param.consume();
+        let Some(grad) = self.grads.remove::<D>(id) else {
+            return Param::from_mapped_value(id, tensor, mapper);
+        };
+        let require_grad = tensor.is_require_grad();
+        let dims = tensor.dims();
+        let dtype = tensor.dtype();
+        let n: usize = dims.iter().product();
+        // The arithmetic runs in f32 on flattened views, whatever the parameter's dtype.
+        let p = tensor.inner().cast(burn::tensor::FloatDType::F32).reshape([n]);
+        let mut g = grad.inner().cast(burn::tensor::FloatDType::F32).reshape([n]);
+        if self.grad_scale != 1.0 {
+            g = g * self.grad_scale;
+        }
+        let lr = self.lr;
+        let step = self.optimizer.step;
+        let decays = decays(&self.path);
+        let updated = match self.optimizer.kind {
+            OptimizerKind::Sgd { weight_decay } => {
+                if weight_decay != 0.0 && decays {
+                    g = g + p.clone() * weight_decay;
+                }
+                p - g * lr
+            }
+            OptimizerKind::AdamW { beta1, beta2, eps, weight_decay } => {
+                let key = self.path.join(".");
+                let (m, v) = self.optimizer.moments.remove(&key).unwrap_or_else(|| (g.zeros_like(), g.zeros_like()));
+                let p = if weight_decay != 0.0 && decays { p * (1.0 - lr * weight_decay) } else { p };
+                // torch: m.lerp_(g, 1 - β1); v.mul_(β2).addcmul_(g, g, 1 - β2).
+                let m = m.clone() + (g.clone() - m) * (1.0 - beta1);
+                let v = v * beta2 + g.clone() * g * (1.0 - beta2);
+                let bias1 = 1.0 - beta1.powi(step as i32);
+                let bias2_sqrt = (1.0 - beta2.powi(step as i32)).sqrt();
+                let denom = v.clone().sqrt() / bias2_sqrt + eps;
+                let out = p - m.clone() / denom * (lr / bias1);
+                self.optimizer.moments.insert(key, (m, v));
+                out
+            }
+        };
+        let mut updated = Tensor::from_inner(updated.reshape(dims).cast(dtype));
+        if require_grad {
+            updated = updated.require_grad();
+        }
+        Param::from_mapped_value(id, updated, mapper)
+    }
+}
+
+/// Whether weight decay applies to the parameter at `path`: as transformers' `Trainer` groups
+/// parameters, biases and normalisation weights are exempt.
+fn decays(path: &[String]) -> bool {
+    !path.iter().any(|seg| {
+        let seg = seg.to_ascii_lowercase();
+        seg.contains("bias")
+            || seg.contains("layernorm")
+            || seg.contains("rmsnorm")
+            || seg == "norm"
+            || seg.ends_with("_norm")
+    })
+}
+
+/// The global L2 norm of all gradients of `module` (torch's `clip_grad_norm_` total norm):
+/// `sqrt(Σ_tensors ‖g‖²)`, each tensor's norm taken in f32.
+pub fn global_grad_norm<M: Module>(module: &M, grads: &GradientsParams) -> f64 {
+    struct Norms<'a> {
+        grads: &'a GradientsParams,
+        squares: Vec<Tensor<1>>,
+    }
+    impl ModuleVisitor for Norms<'_> {
+        fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
+            if let Some(g) = self.grads.get::<D>(param.id) {
+                let n: usize = g.dims().iter().product();
+                let g = g.inner().cast(burn::tensor::FloatDType::F32).reshape([n]);
+                self.squares.push(g.clone().mul(g).sum());
+            }
+        }
+    }
+    let mut norms = Norms { grads, squares: Vec::new() };
+    module.visit(&mut norms);
+    if norms.squares.is_empty() {
+        return 0.0;
+    }
+    // torch takes each tensor's norm, then the norm of those norms.
+    let per_tensor = Tensor::cat(norms.squares, 0).sqrt();
+    let total = per_tensor.clone().mul(per_tensor).sum().sqrt();
+    f64::from(total.into_scalar::<f32>())
+}
+
+/// torch's clipping factor for a total norm: `min(1, max_norm / (norm + 1e-6))`.
+pub fn clip_factor(total_norm: f64, max_norm: Option<f64>) -> f64 {
+    match max_norm {
+        Some(max) if max > 0.0 => {
+            // torch computes the coefficient in f32.
+            let coef = (max as f32) / (total_norm as f32 + 1e-6);
+            f64::from(coef.min(1.0))
+        }
+        _ => 1.0,
+    }
+}
+
+/// transformers' `lr_scheduler_type`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ScheduleKind {
+    /// Warm up linearly, then decay linearly to 0 at the last step (the default).
+    #[default]
+    Linear,
+    /// Warm up linearly, then half a cosine down to 0.
+    Cosine,
+    /// Constant.
+    Constant,
+    /// Warm up linearly, then constant.
+    ConstantWithWarmup,
+}
+
+impl ScheduleKind {
+    /// Parses transformers' names.
+    ///
+    /// # Errors
+    /// [`Error::InvalidConfig`] listing the supported names.
+    pub fn parse(name: &str) -> Result<Self> {
+        match name {
+            "linear" => Ok(Self::Linear),
+            "cosine" => Ok(Self::Cosine),
+            "constant" => Ok(Self::Constant),
+            "constant_with_warmup" => Ok(Self::ConstantWithWarmup),
+            other => Err(Error::Settings {
+                reason: format!(
+                    "lr_scheduler_type \"{other}\" is not supported (expected linear, cosine, constant or constant_with_warmup)"
+                ),
+            }),
+        }
+    }
+}
+
+/// A learning-rate schedule over `total_steps` optimizer steps.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Schedule {
+    /// The shape.
+    pub kind: ScheduleKind,
+    /// The peak learning rate.
+    pub learning_rate: f64,
+    /// Warm-up steps.
+    pub warmup_steps: u64,
+    /// Total optimizer steps.
+    pub total_steps: u64,
+}
+
+impl Schedule {
+    /// transformers' warm-up: `warmup_steps` when positive, else `ceil(total × warmup_ratio)`.
+    pub fn warmup(total_steps: u64, warmup_steps: u64, warmup_ratio: f64) -> u64 {
+        if warmup_steps > 0 { warmup_steps } else { (total_steps as f64 * warmup_ratio).ceil() as u64 }
+    }
+
+    /// The learning rate applied at optimizer step `step` (0-based), which transformers logs as
+    /// `learning_rate` for step `step + 1`.
+    pub fn lr(&self, step: u64) -> f64 {
+        let (s, w, t) = (step as f64, self.warmup_steps as f64, self.total_steps as f64);
+        let factor = if step < self.warmup_steps && self.kind != ScheduleKind::Constant {
+            s / w.max(1.0)
+        } else {
+            match self.kind {
+                ScheduleKind::Constant | ScheduleKind::ConstantWithWarmup => 1.0,
+                ScheduleKind::Linear => ((t - s) / (t - w).max(1.0)).max(0.0),
+                ScheduleKind::Cosine => {
+                    let progress = (s - w) / (t - w).max(1.0);
+                    (0.5 * (1.0 + (std::f64::consts::PI * progress).cos())).max(0.0)
+                }
+            }
+        };
+        self.learning_rate * factor
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn schedules_match_transformers() {
+        // Case a of the TRL reference: linear, 8 steps, lr 1e-2, logged 0.01, 0.00875, ..., 0.00125.
+        let linear = Schedule { kind: ScheduleKind::Linear, learning_rate: 1e-2, warmup_steps: 0, total_steps: 8 };
+        let lrs: Vec<f64> = (0..8).map(|s| linear.lr(s)).collect();
+        for (got, want) in lrs.iter().zip([0.01, 0.00875, 0.0075, 0.00625, 0.005, 0.00375, 0.0025, 0.00125]) {
+            assert!((got - want).abs() < 1e-15, "{got} vs {want}");
+        }
+        // Warm-up 2 of 10: 0, 0.5, then linear from 1 down: (10 - s) / 8.
+        let warm = Schedule { kind: ScheduleKind::Linear, learning_rate: 1.0, warmup_steps: 2, total_steps: 10 };
+        assert_eq!([warm.lr(0), warm.lr(1), warm.lr(2), warm.lr(6)], [0.0, 0.5, 1.0, 0.5]);
+        // Cosine without warm-up: 0.5 (1 + cos(π s / t)); half-way it is 0.5.
+        let cos = Schedule { kind: ScheduleKind::Cosine, learning_rate: 1.0, warmup_steps: 0, total_steps: 10 };
+        assert!((cos.lr(5) - 0.5).abs() < 1e-12);
+        assert_eq!(cos.lr(0), 1.0);
+        let cw =
+            Schedule { kind: ScheduleKind::ConstantWithWarmup, learning_rate: 2.0, warmup_steps: 4, total_steps: 10 };
+        assert_eq!([cw.lr(1), cw.lr(4), cw.lr(9)], [0.5, 2.0, 2.0]);
+        // ceil(0.1 × 61) = 7 warm-up steps.
+        assert_eq!(Schedule::warmup(61, 0, 0.1), 7);
+        assert_eq!(Schedule::warmup(61, 3, 0.1), 3);
+    }
+
+    #[test]
+    fn weight_decay_skips_biases_and_norms() {
+        let path = |p: &str| p.split('.').map(String::from).collect::<Vec<_>>();
+        assert!(decays(&path("model.layers.0.mlp.up_proj.weight")));
+        assert!(!decays(&path("model.layers.0.self_attn.q_proj.bias")));
+        assert!(!decays(&path("model.layers.0.input_layernorm.weight")));
+        assert!(!decays(&path("model.norm.weight")));
+    }
+
+    #[test]
+    fn clipping_factor_is_torchs() {
+        assert_eq!(clip_factor(0.5, Some(1.0)), 1.0);
+        // 1 / (4 + 1e-6) in f32.
+        assert_eq!(clip_factor(4.0, Some(1.0)), f64::from(1.0f32 / (4.0f32 + 1e-6)));
+        assert_eq!(clip_factor(4.0, None), 1.0);
+        assert_eq!(clip_factor(4.0, Some(0.0)), 1.0, "max_grad_norm 0 disables clipping, as in transformers");
+    }
+}

@@ -1,0 +1,456 @@
+//! The KTO training step with TRL 1.16's arithmetic: per micro-batch a no-graph KL pass, the
+//! policy forward with autodiff, the reference log-probs (a frozen model or precomputed), the
+//! loss divided by the accumulation steps, backward and accumulation; per optimizer step the
+//! global gradient norm, clipping, the learning rate of the schedule and the update.
+//!
+//! The trainer holds no data and does no I/O: the caller hands it the micro-batches of each step
+//! (see `kto-data`) and reads back [`StepReport`]s and logged metrics.
+
+use burn::module::Module;
+use burn::optim::{GradientsAccumulator, GradientsParams};
+use burn::prelude::*;
+
+use crate::batch::{KtoBatch, SequenceBatch};
+use crate::error::{Error, Result};
+use crate::kl::kl_estimate;
+use crate::lm::CausalLm;
+use crate::logps::{CompletionLogps, LogpsConfig, completion_logps};
+use crate::loss::{KtoLossConfig, kto_loss};
+use crate::metrics::{MetricsAggregator, MicroBatchInputs, Mode, Reduction, RowTokenStats, microbatch_metrics};
+use crate::optim::{Optimizer, OptimizerKind, Schedule, clip_factor, global_grad_norm};
+
+/// TRL's message when a KL loss runs with one row per device.
+pub const BATCH_SIZE_ONE_MESSAGE: &str = "Actual (not effective) batch size must be > 1. KTO will not work properly because \
+     the KL term will be equivalent to the implied reward.";
+
+/// Which rows the KL reference point `z₀` is estimated from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum KlMode {
+    /// Each micro-batch's own KL pairs (TRL). Needs at least two rows per micro-batch.
+    #[default]
+    MicroBatch,
+    /// One no-graph KL pass over every micro-batch of the optimizer step, and one `z₀` for all of
+    /// them: works with one row per micro-batch.
+    AccumulationWindow,
+}
+
+impl KlMode {
+    /// Parses `micro_batch` and `accumulation_window`.
+    ///
+    /// # Errors
+    /// [`Error::InvalidConfig`] naming the accepted values.
+    pub fn parse(name: &str) -> Result<Self> {
+        match name {
+            "micro_batch" => Ok(Self::MicroBatch),
+            "accumulation_window" => Ok(Self::AccumulationWindow),
+            other => Err(Error::Settings {
+                reason: format!("kl_estimate \"{other}\" is unknown (expected micro_batch or accumulation_window)"),
+            }),
+        }
+    }
+}
+
+/// Settings of a [`Trainer`].
+#[derive(Debug, Clone)]
+pub struct TrainerConfig {
+    /// The loss.
+    pub loss: KtoLossConfig,
+    /// The optimizer.
+    pub optimizer: OptimizerKind,
+    /// The learning-rate schedule.
+    pub schedule: Schedule,
+    /// Global gradient-norm clipping (`None` or `0` disables it; transformers' default 1.0).
+    pub max_grad_norm: Option<f64>,
+    /// Micro-batches per optimizer step.
+    pub gradient_accumulation_steps: usize,
+    /// Rows per micro-batch (checked against TRL's batch-size rule).
+    pub per_device_train_batch_size: usize,
+    /// How `z₀` is estimated.
+    pub kl_mode: KlMode,
+    /// Chunking of the log-prob computation.
+    pub logps: LogpsConfig,
+}
+
+impl TrainerConfig {
+    /// Checks the settings together.
+    ///
+    /// # Errors
+    /// [`Error::InvalidConfig`] naming the setting; TRL's message for a KL loss with one row per
+    /// micro-batch (unless [`KlMode::AccumulationWindow`]).
+    pub fn validate(&self) -> Result<()> {
+        self.loss.validate()?;
+        let bad = |reason: String| Err(Error::Settings { reason });
+        if self.gradient_accumulation_steps == 0 {
+            return bad("gradient_accumulation_steps must be >= 1".into());
+        }
+        if self.per_device_train_batch_size == 0 {
+            return bad("per_device_train_batch_size must be >= 1".into());
+        }
+        if !(self.schedule.learning_rate >= 0.0 && self.schedule.learning_rate.is_finite()) {
+            return bad(format!("learning_rate must be >= 0, got {}", self.schedule.learning_rate));
+        }
+        if let Some(m) = self.max_grad_norm
+            && (m.is_nan() || m < 0.0)
+        {
+            return bad(format!("max_grad_norm must be >= 0, got {m}"));
+        }
+        if self.loss.loss_type.uses_kl() && self.per_device_train_batch_size <= 1 && self.kl_mode == KlMode::MicroBatch
+        {
+            return bad(BATCH_SIZE_ONE_MESSAGE.into());
+        }
+        Ok(())
+    }
+}
+
+/// The reference the policy is measured against.
+#[derive(Debug, Clone)]
+pub enum Reference<M> {
+    /// A frozen model on the non-autodiff device.
+    Model(M),
+    /// Log-probs carried by each batch (`KtoBatch::reference_logps` and `reference_kl_logps`).
+    Precomputed,
+}
+
+/// What one optimizer step did.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct StepReport {
+    /// The step number (1-based, as logged).
+    pub step: u64,
+    /// Σ over micro-batches of `loss / gradient_accumulation_steps` (transformers' step loss).
+    pub loss: f64,
+    /// Global gradient norm before clipping.
+    pub grad_norm: f64,
+    /// The learning rate applied.
+    pub learning_rate: f64,
+}
+
+/// A KTO trainer: the policy (on an autodiff device), the reference, the optimizer and the
+/// metrics of the current logging window.
+#[derive(Debug)]
+pub struct Trainer<M> {
+    config: TrainerConfig,
+    policy: M,
+    reference: Reference<M>,
+    optimizer: Optimizer,
+    step: u64,
+    num_tokens: f64,
+    metrics: MetricsAggregator,
+    window_loss: f64,
+    window_steps: u64,
+    last: Option<StepReport>,
+}
+
+/// Host copies of one micro-batch's KL pass.
+struct KlPass {
+    policy: Tensor<1>,
+    reference: Tensor<1>,
+}
+
+impl<M: CausalLm + Module + Clone> Trainer<M> {
+    /// A trainer starting at step 0. `policy` must live on an autodiff device; a reference model
+    /// on its inner (non-autodiff) device.
+    ///
+    /// # Errors
+    /// As [`TrainerConfig::validate`].
+    pub fn new(config: TrainerConfig, policy: M, reference: Reference<M>) -> Result<Self> {
+        config.validate()?;
+        let optimizer = Optimizer::new(config.optimizer);
+        Ok(Self {
+            config,
+            policy,
+            reference,
+            optimizer,
+            step: 0,
+            num_tokens: 0.0,
+            metrics: MetricsAggregator::new(),
+            window_loss: 0.0,
+            window_steps: 0,
+            last: None,
+        })
+    }
+
+    /// The settings.
+    pub fn config(&self) -> &TrainerConfig {
+        &self.config
+    }
+
+    /// The policy being trained.
+    pub fn policy(&self) -> &M {
+        &self.policy
+    }
+
+    /// The trained policy.
+    pub fn into_policy(self) -> M {
+        self.policy
+    }
+
+    /// Optimizer steps taken.
+    pub fn steps(&self) -> u64 {
+        self.step
+    }
+
+    /// The optimizer (for checkpoints).
+    pub fn optimizer(&self) -> &Optimizer {
+        &self.optimizer
+    }
+
+    /// Tokens of the matched sequences seen so far (TRL's `num_tokens`).
+    pub fn num_tokens(&self) -> f64 {
+        self.num_tokens
+    }
+
+    /// Restores the position of a checkpointed run.
+    pub fn restore(&mut self, step: u64, num_tokens: f64, optimizer: Optimizer) {
+        self.step = step;
+        self.num_tokens = num_tokens;
+        self.optimizer = optimizer;
+    }
+
+    fn reference_logps(&self, seqs: &SequenceBatch, precomputed: Option<&Tensor<1>>, what: &str) -> Result<Tensor<1>> {
+        match &self.reference {
+            Reference::Model(model) => Ok(completion_logps(
+                model,
+                seqs.input_ids.clone().inner(),
+                seqs.attention_mask.clone().inner(),
+                seqs.completion_mask.clone().inner(),
+                &self.config.logps,
+            )
+            .logps),
+            Reference::Precomputed => precomputed.map(|t| t.clone().inner()).ok_or_else(|| Error::Settings {
+                reason: format!("the reference is precomputed but a batch has no {what}"),
+            }),
+        }
+    }
+
+    /// The no-graph KL pass of one micro-batch: the policy (a non-autodiff snapshot) and the
+    /// reference on the KL sequences.
+    fn kl_pass(&self, frozen: &M, batch: &KtoBatch) -> Result<Option<KlPass>> {
+        if !self.config.loss.loss_type.uses_kl() {
+            return Ok(None);
+        }
+        let kl = batch.kl.as_ref().ok_or_else(|| Error::Settings {
+            reason: "the loss uses a KL term but a batch has no KL sequences".into(),
+        })?;
+        let policy = completion_logps(
+            frozen,
+            kl.input_ids.clone().inner(),
+            kl.attention_mask.clone().inner(),
+            kl.completion_mask.clone().inner(),
+            &self.config.logps,
+        )
+        .logps;
+        let reference = self.reference_logps(kl, batch.reference_kl_logps.as_ref(), "reference KL log-probs")?;
+        Ok(Some(KlPass { policy, reference }))
+    }
+
+    /// One optimizer step over `micro_batches` (normally `gradient_accumulation_steps` of them;
+    /// a shorter last step of an epoch is allowed, as transformers does).
+    ///
+    /// # Errors
+    /// [`Error::NonFinite`] naming the step when the loss or the gradient norm is NaN or
+    /// infinite (the policy is left as it was); configuration errors for batches that lack what
+    /// the loss needs.
+    pub fn train_step(&mut self, micro_batches: &[KtoBatch]) -> Result<StepReport> {
+        let step = self.step + 1;
+        let ga = self.config.gradient_accumulation_steps as f64;
+        let frozen = self.policy.clone().valid();
+        let window_kl = match self.config.kl_mode {
+            KlMode::AccumulationWindow if self.config.loss.loss_type.uses_kl() => {
+                let passes: Vec<KlPass> = micro_batches
+                    .iter()
+                    .map(|b| self.kl_pass(&frozen, b))
+                    .collect::<Result<Vec<_>>>()?
+                    .into_iter()
+                    .flatten()
+                    .collect();
+                let policy = Tensor::cat(passes.iter().map(|p| p.policy.clone()).collect(), 0);
+                let reference = Tensor::cat(passes.iter().map(|p| p.reference.clone()).collect(), 0);
+                Some(kl_estimate(policy, reference))
+            }
+            _ => None,
+        };
+        let mut accumulator = GradientsAccumulator::<M>::new();
+        let mut step_loss = 0.0;
+        for batch in micro_batches {
+            let estimate = match (&window_kl, self.config.loss.loss_type.uses_kl()) {
+                (Some(w), _) => Some(w.clone()),
+                (None, true) => {
+                    let pass = self.kl_pass(&frozen, batch)?.expect("the loss uses KL");
+                    Some(kl_estimate(pass.policy, pass.reference))
+                }
+                (None, false) => None,
+            };
+            let m = &batch.matched;
+            let policy: CompletionLogps = completion_logps(
+                &self.policy,
+                m.input_ids.clone(),
+                m.attention_mask.clone(),
+                m.completion_mask.clone(),
+                &self.config.logps.clone().with_token_stats(true),
+            );
+            let reference = self.reference_logps(m, batch.reference_logps.as_ref(), "reference log-probs")?;
+            let device = policy.logps.device();
+            // Reference log-probs and z₀ stay off the autodiff graph: mixed with the policy's
+            // tracked tensors they act as constants.
+            let (kl, kl_host) = match &estimate {
+                Some(e) => {
+                    let kl = e.kl.clone().inner();
+                    (kl.clone(), (scalar(kl), scalar(e.unclamped.clone())))
+                }
+                None => (Tensor::<1>::zeros([1], &device.clone().without_autodiff()), (0.0, 0.0)),
+            };
+            let out = kto_loss(&self.config.loss, policy.logps.clone(), reference, batch.desirable.clone(), kl);
+            let loss_value = scalar(out.loss.clone().inner());
+            if !loss_value.is_finite() {
+                return Err(Error::NonFinite { step, what: format!("loss {loss_value}") });
+            }
+            step_loss += loss_value / ga;
+            let grads = (out.loss / ga).backward();
+            accumulator.accumulate(&self.policy, GradientsParams::from_grads(grads, &self.policy));
+
+            let tokens = m.attention_mask.clone().int().sum().inner().into_scalar::<i64>() as f64;
+            self.num_tokens += tokens;
+            let desirable = host_bools(batch.desirable.clone());
+            let policy_logps = host_f32(policy.logps.clone().inner());
+            let rewards = host_f32(out.rewards.inner());
+            let stats = policy.stats.as_ref().expect("token stats requested");
+            let (entropy, logits) =
+                (host_f32(stats.entropy_sum.clone().inner()), host_f32(stats.mean_logit_sum.clone().inner()));
+            let n_tokens = host_i64(policy.n_tokens.clone().inner());
+            let metrics = microbatch_metrics(&MicroBatchInputs {
+                desirable: &desirable,
+                policy_logps: &policy_logps,
+                rewards: &rewards,
+                kl: kl_host.0,
+                kl_unclamped: kl_host.1,
+                token_stats: Some(RowTokenStats {
+                    entropy_sum: &entropy,
+                    mean_logit_sum: &logits,
+                    n_tokens: &n_tokens,
+                }),
+                num_tokens: self.num_tokens,
+            });
+            self.metrics.record(Mode::Train, &metrics);
+        }
+        let mut grads = accumulator.grads();
+        let grad_norm = global_grad_norm(&self.policy, &grads);
+        if !grad_norm.is_finite() {
+            return Err(Error::NonFinite { step, what: format!("gradient norm {grad_norm}") });
+        }
+        let scale = clip_factor(grad_norm, self.config.max_grad_norm);
+        let lr = self.config.schedule.lr(self.step);
+        self.policy = self.optimizer.step(self.policy.clone(), &mut grads, lr, scale);
+        self.step = step;
+        self.window_loss += step_loss;
+        self.window_steps += 1;
+        let report = StepReport { step, loss: step_loss, grad_norm, learning_rate: lr };
+        self.last = Some(report);
+        Ok(report)
+    }
+
+    /// The logged values since the previous call, with transformers' and TRL's keys: `loss`
+    /// (mean step loss of the window), `grad_norm` and `learning_rate` (of the last step), the KTO
+    /// metrics (means over the window's micro-batches), `epoch` and `step`.
+    pub fn log(&mut self, epoch: f64) -> Vec<(String, f64)> {
+        let mut out = Vec::new();
+        if let Some(last) = self.last {
+            out.push(("loss".to_string(), self.window_loss / self.window_steps.max(1) as f64));
+            out.push(("grad_norm".to_string(), last.grad_norm));
+            out.push(("learning_rate".to_string(), last.learning_rate));
+        }
+        out.extend(self.metrics.flush(Mode::Train));
+        out.push(("epoch".to_string(), epoch));
+        out.push(("step".to_string(), self.step as f64));
+        self.window_loss = 0.0;
+        self.window_steps = 0;
+        out
+    }
+
+    /// Evaluation over `batches` without gradients: TRL's metrics with the `eval_` prefix and
+    /// `eval_loss` (mean of the batches' losses).
+    ///
+    /// # Errors
+    /// As [`Self::train_step`] for batches that lack what the loss needs.
+    pub fn evaluate(&self, batches: &[KtoBatch]) -> Result<Vec<(String, f64)>> {
+        let frozen = self.policy.clone().valid();
+        let mut metrics = MetricsAggregator::new();
+        let mut num_tokens = 0.0;
+        for batch in batches {
+            let estimate = self.kl_pass(&frozen, batch)?.map(|p| kl_estimate(p.policy, p.reference));
+            let m = &batch.matched;
+            let policy = completion_logps(
+                &frozen,
+                m.input_ids.clone().inner(),
+                m.attention_mask.clone().inner(),
+                m.completion_mask.clone().inner(),
+                &self.config.logps.clone().with_token_stats(true),
+            );
+            let reference = self.reference_logps(m, batch.reference_logps.as_ref(), "reference log-probs")?;
+            let device = policy.logps.device();
+            let (kl, kl_host) = match &estimate {
+                Some(e) => (e.kl.clone(), (scalar(e.kl.clone()), scalar(e.unclamped.clone()))),
+                None => (Tensor::<1>::zeros([1], &device), (0.0, 0.0)),
+            };
+            let out = kto_loss(&self.config.loss, policy.logps.clone(), reference, batch.desirable.clone().inner(), kl);
+            metrics.push(Mode::Eval, "loss", scalar(out.loss), Reduction::Mean);
+            num_tokens += m.attention_mask.clone().int().sum().inner().into_scalar::<i64>() as f64;
+            let stats = policy.stats.as_ref().expect("token stats requested");
+            let (entropy, logits) = (host_f32(stats.entropy_sum.clone()), host_f32(stats.mean_logit_sum.clone()));
+            let n_tokens = host_i64(policy.n_tokens.clone());
+            let desirable = host_bools(batch.desirable.clone());
+            metrics.record(
+                Mode::Eval,
+                &microbatch_metrics(&MicroBatchInputs {
+                    desirable: &desirable,
+                    policy_logps: &host_f32(policy.logps),
+                    rewards: &host_f32(out.rewards),
+                    kl: kl_host.0,
+                    kl_unclamped: kl_host.1,
+                    token_stats: Some(RowTokenStats {
+                        entropy_sum: &entropy,
+                        mean_logit_sum: &logits,
+                        n_tokens: &n_tokens,
+                    }),
+                    num_tokens,
+                }),
+            );
+        }
+        Ok(metrics.flush(Mode::Eval))
+    }
+}
+
+/// Reference log-probs of one batch for `precompute_ref_log_probs`: the matched sequences and,
+/// when the batch has them, the KL sequences, as host values in row order. Run it with the
+/// reference (the untrained policy in full fine-tuning) on the training batches before the
+/// first step, as TRL does at initialisation.
+pub fn reference_logps<M: CausalLm>(model: &M, batch: &KtoBatch, logps: &LogpsConfig) -> (Vec<f32>, Option<Vec<f32>>) {
+    let score = |s: &SequenceBatch| {
+        host_f32(
+            completion_logps(
+                model,
+                s.input_ids.clone().inner(),
+                s.attention_mask.clone().inner(),
+                s.completion_mask.clone().inner(),
+                logps,
+            )
+            .logps,
+        )
+    };
+    (score(&batch.matched), batch.kl.as_ref().map(score))
+}
+
+fn scalar(t: Tensor<1>) -> f64 {
+    f64::from(t.inner().into_scalar::<f32>())
+}
+
+fn host_f32(t: Tensor<1>) -> Vec<f32> {
+    t.inner().into_data().convert::<f32>().try_into_vec::<f32>().expect("f32 data after convert")
+}
+
+fn host_i64(t: Tensor<1, Int>) -> Vec<i64> {
+    t.inner().into_data().convert::<i64>().try_into_vec::<i64>().expect("i64 data after convert")
+}
+
+fn host_bools(t: Tensor<1, Bool>) -> Vec<bool> {
+    t.inner().into_data().try_into_vec::<bool>().expect("bool data")
+}
