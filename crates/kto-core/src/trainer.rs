@@ -454,3 +454,121 @@ fn host_i64(t: Tensor<1, Int>) -> Vec<i64> {
 fn host_bools(t: Tensor<1, Bool>) -> Vec<bool> {
     t.inner().into_data().try_into_vec::<bool>().expect("bool data")
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::loss::LossType;
+    use crate::optim::ScheduleKind;
+    use crate::test_lm::TinyLm;
+
+    fn config(batch: usize, ga: usize, kl_mode: KlMode) -> TrainerConfig {
+        TrainerConfig {
+            loss: KtoLossConfig::new(),
+            optimizer: OptimizerKind::AdamW { beta1: 0.9, beta2: 0.999, eps: 1e-8, weight_decay: 0.0 },
+            schedule: Schedule { kind: ScheduleKind::Linear, learning_rate: 1e-2, warmup_steps: 0, total_steps: 4 },
+            max_grad_norm: Some(1.0),
+            gradient_accumulation_steps: ga,
+            per_device_train_batch_size: batch,
+            kl_mode,
+            logps: LogpsConfig::new(),
+        }
+    }
+
+    /// `rows` rows of 6 tokens (prompt 3, completion 3); KL sequences swap in the previous row's
+    /// completion; labels alternate.
+    fn batch(rows: usize, offset: i64, device: &Device) -> KtoBatch {
+        let seq = |shift: i64| {
+            let ids: Vec<i64> =
+                (0..rows as i64).flat_map(|r| (0..6).map(move |t| (r * 7 + t * 3 + shift + offset) % 16)).collect();
+            let mask = vec![true; rows * 6];
+            let completion: Vec<bool> = (0..rows).flat_map(|_| (0..6).map(|t| t >= 3)).collect();
+            SequenceBatch::from_host(ids, mask, completion, [rows, 6], device)
+        };
+        let labels: Vec<bool> = (0..rows).map(|r| (r as i64 + offset) % 2 == 0).collect();
+        KtoBatch {
+            matched: seq(0),
+            kl: Some(seq(5)),
+            desirable: Tensor::from_data(TensorData::new(labels, [rows]), device),
+            reference_logps: None,
+            reference_kl_logps: None,
+        }
+    }
+
+    fn trainer(cfg: TrainerConfig) -> (Trainer<TinyLm>, Device) {
+        let device = kto_testkit::device();
+        device.seed(7);
+        let train = device.clone().autodiff();
+        let policy = TinyLm::new(16, 8, &train);
+        let reference = policy.clone().valid();
+        (Trainer::new(cfg, policy, Reference::Model(reference)).expect("valid"), train)
+    }
+
+    #[test]
+    fn batch_size_one_is_refused_with_trls_message_unless_the_kl_spans_the_window() {
+        let err = config(1, 4, KlMode::MicroBatch).validate().expect_err("refused");
+        assert_eq!(err.to_string(), BATCH_SIZE_ONE_MESSAGE);
+        let apo = TrainerConfig {
+            loss: KtoLossConfig::new().with_loss_type(LossType::ApoZeroUnpaired),
+            ..config(1, 4, KlMode::MicroBatch)
+        };
+        assert!(apo.validate().is_ok(), "no KL term, no constraint");
+        assert!(config(1, 4, KlMode::AccumulationWindow).validate().is_ok());
+    }
+
+    #[test]
+    fn accumulation_window_trains_with_one_row_per_micro_batch() {
+        let (mut trainer, device) = trainer(config(1, 4, KlMode::AccumulationWindow));
+        let before = crate::optim::global_grad_norm(trainer.policy(), &GradientsParams::new());
+        assert_eq!(before, 0.0, "no gradients yet");
+        for step in 0..3 {
+            let micro: Vec<KtoBatch> = (0..4).map(|k| batch(1, step * 4 + k, &device)).collect();
+            let report = trainer.train_step(&micro).expect("trains");
+            assert!(report.loss.is_finite() && report.grad_norm > 0.0, "{report:?}");
+        }
+        let logged = trainer.log(1.0);
+        let get = |k: &str| logged.iter().find(|(key, _)| key == k).map(|(_, v)| *v);
+        // With one row per micro-batch, rewards/margins needs both labels in one micro-batch, so
+        // it is absent; both class rewards are present (labels alternate across micro-batches).
+        assert!(get("rewards/chosen").is_some() && get("rewards/rejected").is_some());
+        assert_eq!(get("rewards/margins"), None);
+        assert_eq!(get("step"), Some(3.0));
+        // After training, the window's KL estimate is shared by its micro-batches: one value.
+        assert!(get("kl").expect("kl").is_finite());
+    }
+
+    #[test]
+    fn micro_batch_kl_equals_the_window_kl_when_the_window_is_one_micro_batch() {
+        let (mut a, device) = trainer(config(4, 1, KlMode::MicroBatch));
+        let (mut b, _) = trainer(config(4, 1, KlMode::AccumulationWindow));
+        for step in 0..3 {
+            let ra = a.train_step(&[batch(4, step, &device)]).expect("trains");
+            let rb = b.train_step(&[batch(4, step, &device)]).expect("trains");
+            assert_eq!(ra, rb, "step {step}");
+        }
+    }
+
+    #[test]
+    fn a_nan_loss_stops_the_step_and_leaves_the_policy_untouched() {
+        let (mut trainer, device) = trainer(config(4, 1, KlMode::MicroBatch));
+        trainer.train_step(&[batch(4, 0, &device)]).expect("a good step");
+        // Poison the head: every logit becomes NaN.
+        let policy = trainer.policy().clone();
+        let poisoned = TinyLm {
+            lm_head: burn::nn::Linear {
+                weight: burn::module::Param::from_tensor(Tensor::from_inner(
+                    policy.lm_head.weight.val().inner().mul_scalar(f32::NAN),
+                )),
+                bias: policy.lm_head.bias.clone(),
+            },
+            ..policy
+        };
+        trainer.policy = poisoned;
+        let before = trainer.policy().lm_head.bias.as_ref().expect("bias").val().into_data();
+        let err = trainer.train_step(&[batch(4, 1, &device)]).expect_err("NaN");
+        assert!(matches!(err, Error::NonFinite { step: 2, .. }), "{err}");
+        assert!(err.to_string().starts_with("step 2: loss NaN is not finite"), "{err}");
+        assert_eq!(trainer.steps(), 1, "the failed step is not counted");
+        assert_eq!(trainer.policy().lm_head.bias.as_ref().expect("bias").val().into_data(), before);
+    }
+}
