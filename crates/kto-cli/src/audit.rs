@@ -1,9 +1,8 @@
 //! `kto audit`: what the trainer will see of a dataset, and a JSONL dump of every row.
 
-use std::io::Write;
 use std::path::{Path, PathBuf};
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result};
 use kto_data::{Dataset, HfTokenizer, Tokenized};
 use serde_json::{Value, json};
 
@@ -89,24 +88,7 @@ fn dump_rows(dataset: &Dataset, tokenized: &Tokenized) -> impl Iterator<Item = V
     })
 }
 
-/// Writes the dump next to its destination and renames it into place, so a failure leaves no
-/// half-written file.
 fn write_dump(path: &Path, dataset: &Dataset, tokenized: &Tokenized) -> Result<()> {
-    let Some(name) = path.file_name() else { bail!("--dump {}: not a file name", path.display()) };
-    let tmp = path.with_file_name(format!(".{}.partial", name.to_string_lossy()));
-    let result = (|| -> Result<()> {
-        let file = std::fs::File::create(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
-        let mut out = std::io::BufWriter::new(file);
-        for row in dump_rows(dataset, tokenized) {
-            serde_json::to_writer(&mut out, &row)?;
-            out.write_all(b"\n")?;
-        }
-        out.into_inner().map_err(|e| e.into_error())?.sync_all()?;
-        std::fs::rename(&tmp, path).with_context(|| format!("renaming to {}", path.display()))?;
-        Ok(())
-    })();
-    if result.is_err() {
-        let _ = std::fs::remove_file(&tmp);
-    }
-    result.with_context(|| format!("writing {}", path.display()))
+    let rows: Vec<Value> = dump_rows(dataset, tokenized).collect();
+    crate::logps::write_jsonl(path, &rows)
 }

@@ -5,6 +5,7 @@
 mod audit;
 mod data_args;
 mod device;
+mod logps;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -34,6 +35,9 @@ enum Command {
     /// Read and tokenize a dataset as training would, and report what the trainer will see:
     /// label counts, weight advice, dropped and truncated rows, token lengths, KL pairs.
     Audit(audit::AuditArgs),
+    /// Write each processed row's completion log-probs (matched and KL sequences) under a
+    /// model, and optionally a reference model, batched as training batches them.
+    Logps(logps::LogpsArgs),
 }
 
 #[derive(Debug, clap::Args)]
@@ -122,6 +126,7 @@ fn run(cli: Cli) -> Result<()> {
         Command::Generate(args) => generate_command(&args),
         Command::Convert(args) => convert(&args),
         Command::Audit(args) => audit::audit(&args),
+        Command::Logps(args) => logps::logps(&args),
     }
 }
 
