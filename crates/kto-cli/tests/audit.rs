@@ -65,11 +65,7 @@ fn audit_dump_matches_trl_tokenized_rows_for_every_case() {
     for case in TRL_CASES {
         let dump = dir.path().join(format!("{case}.jsonl"));
         let stdout = audit_dump(case, &dump);
-        let ours: Vec<Value> = std::fs::read_to_string(&dump)
-            .expect("dump written")
-            .lines()
-            .map(|l| serde_json::from_str(l).expect("JSON line"))
-            .collect();
+        let ours: Vec<Value> = kto_testkit::read_jsonl_file(&dump);
         let trl = read_jsonl(&format!("trl/{case}/tokenized.jsonl"));
         let kept = |rows: &[Value], dropped: bool| -> Vec<Value> {
             rows.iter().filter(|r| r["dropped"] == dropped).cloned().collect()

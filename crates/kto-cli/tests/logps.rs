@@ -21,11 +21,7 @@ fn check(case: &str, model: &str) {
         .output()
         .expect("runs");
     assert!(status.status.success(), "{}", String::from_utf8_lossy(&status.stderr));
-    let ours: Vec<Value> = std::fs::read_to_string(&out)
-        .expect("written")
-        .lines()
-        .map(|l| serde_json::from_str(l).expect("JSON"))
-        .collect();
+    let ours: Vec<Value> = kto_testkit::read_jsonl_file(&out);
     let trl = read_jsonl(&format!("trl/{case}/logps.jsonl"));
     assert_eq!(ours.len(), trl.len(), "{case}: rows");
     let (rel, abs) = CROSS_FRAMEWORK;

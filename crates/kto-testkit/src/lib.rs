@@ -77,8 +77,12 @@ pub fn fixture(relative: &str) -> PathBuf {
 /// # Panics
 /// When the file is missing or a line is not JSON (a broken fixture is a test bug).
 pub fn read_jsonl(relative: &str) -> Vec<serde_json::Value> {
-    let path = fixture(relative);
-    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("reading fixture {}: {e}", path.display()));
+    read_jsonl_file(&fixture(relative))
+}
+
+/// Reads any JSONL file (for instance one a test just wrote), one value per non-blank line.
+pub fn read_jsonl_file(path: &std::path::Path) -> Vec<serde_json::Value> {
+    let text = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("reading {}: {e}", path.display()));
     text.lines()
         .filter(|line| !line.trim().is_empty())
         .enumerate()
