@@ -6,6 +6,7 @@ mod audit;
 mod data_args;
 mod device;
 mod logps;
+mod train;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -38,6 +39,9 @@ enum Command {
     /// Write each processed row's completion log-probs (matched and KL sequences) under a
     /// model, and optionally a reference model, batched as training batches them.
     Logps(logps::LogpsArgs),
+    /// Train a model with KTO (TRL's KTOTrainer settings). Without arguments, trains a bundled
+    /// demo on the CPU.
+    Train(Box<train::TrainArgs>),
 }
 
 #[derive(Debug, clap::Args)]
@@ -127,6 +131,7 @@ fn run(cli: Cli) -> Result<()> {
         Command::Convert(args) => convert(&args),
         Command::Audit(args) => audit::audit(&args),
         Command::Logps(args) => logps::logps(&args),
+        Command::Train(args) => train::train(&args),
     }
 }
 

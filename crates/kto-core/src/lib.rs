@@ -49,6 +49,7 @@
 
 mod batch;
 mod error;
+mod fit;
 mod kl;
 mod lm;
 mod logps;
@@ -65,12 +66,16 @@ mod weights;
 
 pub use batch::{KtoBatch, SequenceBatch};
 pub use error::{Error, Result};
+pub use fit::{EvalEvery, FitConfig, FitHooks, Position, fit};
 pub use kl::{KlEstimate, combine_device_kl, kl_estimate};
 pub use lm::CausalLm;
 pub use logps::{CompletionLogps, LogpsConfig, TokenStats, completion_logps, logps_from_hidden, sequence_logps};
 pub use loss::{KtoLoss, KtoLossConfig, LossType, kto_loss};
 pub use metrics::{Metric, MetricsAggregator, MicroBatchInputs, Mode, Reduction, RowTokenStats, microbatch_metrics};
-pub use optim::{HostMoments, Optimizer, OptimizerKind, Schedule, ScheduleKind, clip_factor, global_grad_norm};
+pub use optim::{
+    HostMoments, Optimizer, OptimizerKind, Schedule, ScheduleKind, clip_factor, global_grad_norm, mix_parameters,
+    parameters_by_path,
+};
 pub use pairing::{kl_partners, kl_partners_chunked};
 pub use rng::SplitMix64;
 pub use trainer::{BATCH_SIZE_ONE_MESSAGE, KlMode, Reference, StepReport, Trainer, TrainerConfig, reference_logps};

@@ -223,6 +223,58 @@ pub fn global_grad_norm<M: Module>(module: &M, grads: &GradientsParams) -> f64 {
     f64::from(total.into_scalar::<f32>())
 }
 
+/// Every float parameter of `module` flattened, by module path.
+pub fn parameters_by_path<M: Module>(module: &M) -> BTreeMap<String, Tensor<1>> {
+    struct Collect {
+        path: Vec<String>,
+        out: BTreeMap<String, Tensor<1>>,
+    }
+    impl ModuleVisitor for Collect {
+        fn enter_module(&mut self, name: &str, _container_type: &str) {
+            self.path.push(name.to_string());
+        }
+        fn exit_module(&mut self, _name: &str, _container_type: &str) {
+            self.path.pop();
+        }
+        fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
+            let t = param.val().inner();
+            let n: usize = t.dims().iter().product();
+            self.out.insert(self.path.join("."), t.reshape([n]));
+        }
+    }
+    let mut collect = Collect { path: Vec::new(), out: BTreeMap::new() };
+    module.visit(&mut collect);
+    collect.out
+}
+
+/// `module ← α · other + (1 − α) · module` for every parameter `other` has under the same path.
+pub fn mix_parameters<M: Module>(module: M, other: &BTreeMap<String, Tensor<1>>, alpha: f64) -> M {
+    struct Mix<'a> {
+        path: Vec<String>,
+        other: &'a BTreeMap<String, Tensor<1>>,
+        alpha: f64,
+    }
+    impl ModuleMapper for Mix<'_> {
+        fn enter_module(&mut self, name: &str, _container_type: &str) {
+            self.path.push(name.to_string());
+        }
+        fn exit_module(&mut self, _name: &str, _container_type: &str) {
+            self.path.pop();
+        }
+        fn map_float<const D: usize>(&mut self, param: Param<Tensor<D>>) -> Param<Tensor<D>> {
+            let (id, tensor, mapper) = param.consume();
+            let Some(source) = self.other.get(&self.path.join(".")) else {
+                return Param::from_mapped_value(id, tensor, mapper);
+            };
+            let dims = tensor.dims();
+            let source = source.clone().reshape(dims).to_device(&tensor.device()).cast(tensor.dtype());
+            let mixed = source * self.alpha + tensor * (1.0 - self.alpha);
+            Param::from_mapped_value(id, mixed, mapper)
+        }
+    }
+    module.map(&mut Mix { path: Vec::new(), other, alpha })
+}
+
 /// torch's clipping factor for a total norm: `min(1, max_norm / (norm + 1e-6))`.
 pub fn clip_factor(total_norm: f64, max_norm: Option<f64>) -> f64 {
     match max_norm {

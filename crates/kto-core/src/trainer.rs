@@ -199,6 +199,26 @@ impl<M: CausalLm + Module + Clone> Trainer<M> {
         self.num_tokens
     }
 
+    /// The reference.
+    pub fn reference(&self) -> &Reference<M> {
+        &self.reference
+    }
+
+    /// TR-DPO's reference update: `ref ← α · policy + (1 − α) · ref`, parameter by parameter
+    /// (matched by module path). Does nothing for a precomputed reference.
+    pub fn sync_reference(&mut self, alpha: f64) {
+        if let Reference::Model(reference) = &self.reference {
+            let policy = crate::optim::parameters_by_path(&self.policy.clone().valid());
+            let mixed = crate::optim::mix_parameters(reference.clone(), &policy, alpha);
+            self.reference = Reference::Model(mixed);
+        }
+    }
+
+    /// Replaces the reference (resuming a run whose reference was synced).
+    pub fn set_reference(&mut self, reference: Reference<M>) {
+        self.reference = reference;
+    }
+
     /// Restores the position of a checkpointed run.
     pub fn restore(&mut self, step: u64, num_tokens: f64, optimizer: Optimizer) {
         self.step = step;
@@ -252,7 +272,12 @@ impl<M: CausalLm + Module + Clone> Trainer<M> {
     /// the loss needs.
     pub fn train_step(&mut self, micro_batches: &[KtoBatch]) -> Result<StepReport> {
         let step = self.step + 1;
-        let ga = self.config.gradient_accumulation_steps as f64;
+        if micro_batches.is_empty() {
+            return Err(Error::Settings { reason: "an optimizer step needs at least one micro-batch".into() });
+        }
+        // transformers divides by the micro-batches this step actually has (the last step of an
+        // epoch may have fewer than gradient_accumulation_steps).
+        let ga = micro_batches.len() as f64;
         let frozen = self.policy.clone().valid();
         let window_kl = match self.config.kl_mode {
             KlMode::AccumulationWindow if self.config.loss.loss_type.uses_kl() => {

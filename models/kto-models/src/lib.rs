@@ -31,4 +31,4 @@ pub use generate::{GenerationConfig, generate};
 pub use layers::{
     Attention, AttentionConfig, LayerCache, Mlp, MlpConfig, RmsNorm, RmsNormConfig, RotaryEmbedding, RotaryTables,
 };
-pub use safetensors_io::StorageDType;
+pub use safetensors_io::{HostTensor, StorageDType, load_tensor_file, save_tensor_file};

@@ -261,3 +261,43 @@ pub(crate) fn write_tensors(folder: &Path, tensors: &[(String, OwnedTensor)], ma
     let text = serde_json::to_string_pretty(&index).map_err(|source| Error::Json { path: path.clone(), source })?;
     std::fs::write(&path, text + "\n").map_err(|source| Error::Io { path, source })
 }
+
+/// A named f32 tensor as host data: `(name, shape, values)`.
+pub type HostTensor = (String, Vec<usize>, Vec<f32>);
+
+/// Writes f32 tensors (optimizer moments, for instance) to one safetensors file, bit-exact.
+///
+/// # Errors
+/// [`Error::Safetensors`] naming the file.
+pub fn save_tensor_file(path: &Path, tensors: &[HostTensor]) -> Result<()> {
+    let owned: Vec<(String, OwnedTensor)> = tensors
+        .iter()
+        .map(|(name, shape, values)| (name.clone(), OwnedTensor::new(values, shape.clone(), StorageDType::F32)))
+        .collect();
+    safetensors::serialize_to_file(owned.iter().map(|(k, t)| (k.as_str(), t)), None, path)
+        .map_err(|e| Error::Safetensors { path: path.into(), reason: e.to_string() })
+}
+
+/// Reads every tensor of a safetensors file written by [`save_tensor_file`] (f32 only), in name
+/// order.
+///
+/// # Errors
+/// I/O errors and [`Error::Safetensors`] naming the file (also for a non-f32 tensor).
+pub fn load_tensor_file(path: &Path) -> Result<Vec<HostTensor>> {
+    let bytes = std::fs::read(path).map_err(|source| Error::Io { path: path.into(), source })?;
+    let bad = |reason: String| Error::Safetensors { path: path.into(), reason };
+    let file = safetensors::SafeTensors::deserialize(&bytes).map_err(|e| bad(e.to_string()))?;
+    let mut names: Vec<String> = file.names().into_iter().map(String::from).collect();
+    names.sort();
+    names
+        .into_iter()
+        .map(|name| {
+            let view = file.tensor(&name).map_err(|e| bad(e.to_string()))?;
+            if view.dtype() != Dtype::F32 {
+                return Err(bad(format!("tensor {name}: expected F32, found {:?}", view.dtype())));
+            }
+            let values = view.data().chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect();
+            Ok((name, view.shape().to_vec(), values))
+        })
+        .collect()
+}

@@ -1,0 +1,112 @@
+//! `precompute_ref_log_probs`: the reference's log-probs of every training row, computed once
+//! before training in the training batches (as TRL does at initialisation) and cached in the
+//! output folder (`ref_logps.jsonl`) with a manifest (`ref_logps.manifest.json`) of SHA-256
+//! hashes of the reference weights, the tokenizer, the dataset files, and the settings that
+//! shape the rows. A later run reuses the cache only when the manifest matches.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result, bail};
+use kto_data::TokenizedRow;
+use serde_json::{Value, json};
+use sha2::{Digest, Sha256};
+
+/// What the cached values depend on.
+pub struct Inputs<'a> {
+    pub reference_folder: &'a Path,
+    pub tokenizer_folder: &'a Path,
+    pub dataset_files: &'a [PathBuf],
+    pub settings: Value,
+}
+
+const CACHE: &str = "ref_logps.jsonl";
+const MANIFEST: &str = "ref_logps.manifest.json";
+
+fn sha256_file(path: &Path) -> Result<String> {
+    let mut hasher = Sha256::new();
+    let mut file = std::fs::File::open(path).with_context(|| format!("hashing {}", path.display()))?;
+    std::io::copy(&mut file, &mut hasher).with_context(|| format!("hashing {}", path.display()))?;
+    Ok(format!("{:x}", hasher.finalize()))
+}
+
+fn manifest(inputs: &Inputs<'_>, rows: usize) -> Result<Value> {
+    let mut weights = serde_json::Map::new();
+    let mut names: Vec<PathBuf> = std::fs::read_dir(inputs.reference_folder)?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| {
+            let n = p.file_name().map(|n| n.to_string_lossy().to_string()).unwrap_or_default();
+            n.ends_with(".safetensors") || n == "config.json"
+        })
+        .collect();
+    names.sort();
+    for p in names {
+        weights.insert(p.file_name().expect("file").to_string_lossy().into(), sha256_file(&p)?.into());
+    }
+    let mut tokenizer = serde_json::Map::new();
+    for name in ["tokenizer.json", "tokenizer_config.json", "chat_template.jinja"] {
+        let p = inputs.tokenizer_folder.join(name);
+        if p.is_file() {
+            tokenizer.insert(name.into(), sha256_file(&p)?.into());
+        }
+    }
+    let data: Vec<Value> =
+        inputs.dataset_files.iter().map(|p| Ok(json!(sha256_file(p)?))).collect::<Result<Vec<Value>>>()?;
+    Ok(json!({
+        "version": 1,
+        "reference_weights": weights,
+        "tokenizer": tokenizer,
+        "dataset": data,
+        "settings": inputs.settings,
+        "rows": rows,
+    }))
+}
+
+/// Fills `ref_logps` / `ref_kl_logps` of `rows`, from the cache when its manifest matches, else
+/// with `compute` over consecutive chunks of the training batch size (then cached).
+pub fn fill(
+    output_dir: &Path,
+    inputs: &Inputs<'_>,
+    rows: &mut [TokenizedRow],
+    mut compute: impl FnMut(&[&TokenizedRow]) -> (Vec<f32>, Option<Vec<f32>>),
+) -> Result<()> {
+    let expected = manifest(inputs, rows.len())?;
+    let (cache, manifest_path) = (output_dir.join(CACHE), output_dir.join(MANIFEST));
+    let cached: Option<Value> =
+        std::fs::read_to_string(&manifest_path).ok().and_then(|t| serde_json::from_str(&t).ok());
+    if cached.as_ref() == Some(&expected) && cache.is_file() {
+        let text = std::fs::read_to_string(&cache)?;
+        let values: Vec<Value> = text.lines().map(serde_json::from_str).collect::<Result<_, _>>()?;
+        if values.len() == rows.len() {
+            for (row, v) in rows.iter_mut().zip(&values) {
+                row.ref_logps = v["ref_logps"].as_f64();
+                row.ref_kl_logps = v["ref_KL_logps"].as_f64();
+            }
+            eprintln!("reference log-probs: reusing {} (manifest matches)", cache.display());
+            return Ok(());
+        }
+    }
+    let batch_size = inputs.settings["batch_size"].as_u64().unwrap_or(8).max(1) as usize;
+    for chunk in rows.chunks_mut(batch_size) {
+        let refs: Vec<&TokenizedRow> = chunk.iter().collect();
+        let (logps, kl) = compute(&refs);
+        if logps.len() != chunk.len() {
+            bail!("reference pass returned {} values for {} rows", logps.len(), chunk.len());
+        }
+        for (k, row) in chunk.iter_mut().enumerate() {
+            row.ref_logps = Some(f64::from(logps[k]));
+            row.ref_kl_logps = kl.as_ref().map(|kl| f64::from(kl[k]));
+        }
+    }
+    let lines: Vec<Value> = rows
+        .iter()
+        .map(|r| json!({"row": r.source_row, "ref_logps": r.ref_logps, "ref_KL_logps": r.ref_kl_logps}))
+        .collect();
+    // The manifest goes last: a cache without a matching manifest is never trusted.
+    let _ = std::fs::remove_file(&manifest_path);
+    crate::logps::write_jsonl(&cache, &lines)?;
+    let tmp = output_dir.join(format!(".{MANIFEST}.partial"));
+    std::fs::write(&tmp, serde_json::to_string_pretty(&expected)? + "\n")?;
+    std::fs::rename(&tmp, &manifest_path)?;
+    eprintln!("reference log-probs: computed for {} rows, cached in {}", rows.len(), cache.display());
+    Ok(())
+}

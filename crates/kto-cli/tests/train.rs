@@ -1,0 +1,194 @@
+//! `kto train` end to end: TRL's case a from the command line and from a config file,
+//! interrupted-and-resumed equal to uninterrupted (bit-exact on the CPU), named errors for bad
+//! settings, and a NaN that stops the run with the last checkpoint intact.
+
+use std::path::Path;
+use std::process::{Command, Output};
+
+use kto_testkit::{fixture, read_jsonl, read_jsonl_file};
+
+fn kto(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_kto")).args(args).output().expect("kto runs")
+}
+
+fn path(p: &Path) -> &str {
+    p.to_str().expect("utf-8 path")
+}
+
+/// TRL case a: Qwen2, standard data, SGD lr 1e-2, batch 4, 8 steps (`run_cases.sh`).
+fn case_a_args(out: &Path) -> Vec<String> {
+    let model = fixture("models/tiny-qwen2");
+    let data = fixture("datasets/kto_standard.jsonl");
+    [
+        "train",
+        "--model",
+        path(&model),
+        "--dataset",
+        path(&data),
+        "--output-dir",
+        path(out),
+        "--optim",
+        "sgd",
+        "--learning-rate",
+        "1e-2",
+        "--per-device-train-batch-size",
+        "4",
+        "--max-steps",
+        "8",
+        "--logging-steps",
+        "1",
+        "--save-steps",
+        "0",
+        "--gradient-checkpointing",
+        "false",
+        "--device",
+        "ndarray",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect()
+}
+
+/// `args` with `flag` set to `value` (replacing an earlier value).
+fn with(mut args: Vec<String>, flag: &str, value: &str) -> Vec<String> {
+    match args.iter().position(|a| a == flag) {
+        Some(i) => args[i + 1] = value.into(),
+        None => args.extend([flag.into(), value.into()]),
+    }
+    args
+}
+
+fn run(args: &[String]) -> Output {
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    kto(&args)
+}
+
+#[test]
+fn case_a_from_the_command_line_logs_trls_metrics() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let out = dir.path().join("run");
+    let result = run(&case_a_args(&out));
+    assert!(result.status.success(), "{}", String::from_utf8_lossy(&result.stderr));
+    let ours = read_jsonl_file(&out.join("metrics.jsonl"));
+    let trl = read_jsonl("trl/a_qwen_kto_sgd/metrics.jsonl");
+    assert_eq!(ours.len(), trl.len());
+    for (o, t) in ours.iter().zip(&trl) {
+        let step = t["step"].as_f64().expect("step");
+        assert_eq!(o["step"].as_f64(), Some(step));
+        // The library test (tests/trl_training_parity.rs) checks every key with its
+        // tolerance; here the CLI plumbing: loss within 1e-5, the schedule and epoch exactly.
+        let loss = (o["loss"].as_f64().expect("loss") - t["loss"].as_f64().expect("loss")).abs();
+        assert!(loss <= 1e-5, "step {step}: loss differs by {loss}");
+        assert_eq!(o["learning_rate"], t["learning_rate"], "step {step}");
+        assert_eq!(o["epoch"], t["epoch"], "step {step}");
+        assert_eq!(o["num_tokens"], t["num_tokens"], "step {step}");
+    }
+    for file in
+        ["model.safetensors", "config.json", "tokenizer.json", "kto_config.json", "run_summary.json", "loss.svg"]
+    {
+        assert!(out.join(file).is_file(), "{file} written");
+    }
+    let config: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("kto_config.json")).expect("config")).expect("JSON");
+    assert_eq!(config["optim"], "sgd");
+    assert_eq!(config["beta"], 0.1, "defaults are recorded too");
+}
+
+#[test]
+fn a_config_file_gives_the_same_run_and_flags_override_it() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let model = fixture("models/tiny-qwen2");
+    let data = fixture("datasets/kto_standard.jsonl");
+    let yaml = dir.path().join("kto.yaml");
+    std::fs::write(
+        &yaml,
+        format!(
+            "model: {}\ndataset: {}\noptim: sgd\nlearning_rate: 0.01\nper_device_train_batch_size: 4\nmax_steps: 8\n\
+             logging_steps: 1\nsave_steps: 0\ngradient_checkpointing: false\ndevice: ndarray\nbeta: 0.5\n",
+            path(&model),
+            path(&data)
+        ),
+    )
+    .expect("write");
+    let out = dir.path().join("run");
+    // --beta on the command line wins over the file's 0.5.
+    let result = kto(&["train", "--config", path(&yaml), "--output-dir", path(&out), "--beta", "0.1"]);
+    assert!(result.status.success(), "{}", String::from_utf8_lossy(&result.stderr));
+    let ours = read_jsonl_file(&out.join("metrics.jsonl"));
+    let trl = read_jsonl("trl/a_qwen_kto_sgd/metrics.jsonl");
+    for (o, t) in ours.iter().zip(&trl) {
+        let diff = (o["loss"].as_f64().expect("loss") - t["loss"].as_f64().expect("loss")).abs();
+        assert!(diff <= 1e-5, "{o} vs {t}");
+    }
+}
+
+#[test]
+fn bad_settings_are_errors_naming_the_key() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    // (file, contents, how the error starts, what it also says)
+    let cases = [
+        ("bad.yaml", "model: m\nlearning_rat: 0.1\n", "bad.yaml: learning_rat: unknown field `learning_rat`", "line 2"),
+        ("bad.toml", "beta = \"high\"\n", "bad.toml: beta: ", "invalid type: string \"high\", expected f64"),
+        ("bad.json", "{\"max_steps\": 1.5}", "bad.json: max_steps: ", "expected i64"),
+    ];
+    for (name, text, start, also) in cases {
+        let file = dir.path().join(name);
+        std::fs::write(&file, text).expect("write");
+        let result = kto(&["train", "--config", path(&file)]);
+        assert!(!result.status.success());
+        let stderr = String::from_utf8_lossy(&result.stderr).replace(&format!("{}/", dir.path().display()), "");
+        assert!(stderr.starts_with(&format!("error: {start}")) && stderr.contains(also), "{name}: {stderr}");
+    }
+    let out = dir.path().join("never");
+    let result = run(&with(case_a_args(&out), "--loss-type", "dpo"));
+    assert!(!result.status.success());
+    let stderr = String::from_utf8_lossy(&result.stderr);
+    assert!(stderr.starts_with("error: invalid value for `loss_type`: "), "{stderr}");
+    let stderr = String::from_utf8_lossy(&run(&with(case_a_args(&out), "--per-device-train-batch-size", "1")).stderr)
+        .to_string();
+    assert_eq!(stderr.trim(), format!("error: {}", kto_core::BATCH_SIZE_ONE_MESSAGE));
+    assert!(!out.exists(), "nothing is written for invalid settings");
+}
+
+#[test]
+fn interrupted_and_resumed_equals_uninterrupted() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let full = dir.path().join("full");
+    // AdamW, so the optimizer moments must survive the checkpoint too.
+    let adamw = |out: &Path| {
+        let args = with(case_a_args(out), "--optim", "adamw_torch");
+        with(with(args, "--learning-rate", "1e-3"), "--save-steps", "3")
+    };
+    let args = adamw(&full);
+    let result = run(&args);
+    assert!(result.status.success(), "{}", String::from_utf8_lossy(&result.stderr));
+    assert!(full.join("checkpoint-3").is_dir() && full.join("checkpoint-6").is_dir());
+
+    let resumed = dir.path().join("resumed");
+    let args = with(adamw(&resumed), "--resume-from-checkpoint", path(&full.join("checkpoint-3")));
+    let result = run(&args);
+    assert!(result.status.success(), "{}", String::from_utf8_lossy(&result.stderr));
+    let a = std::fs::read(full.join("model.safetensors")).expect("full model");
+    let b = std::fs::read(resumed.join("model.safetensors")).expect("resumed model");
+    assert!(a == b, "final weights are bit-identical");
+    assert_eq!(read_jsonl_file(&full.join("metrics.jsonl")), read_jsonl_file(&resumed.join("metrics.jsonl")));
+}
+
+#[test]
+fn a_nan_stops_the_run_and_keeps_the_last_checkpoint() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let out = dir.path().join("run");
+    // SGD with lr 1e30 blows the weights up after the first update: step 2's loss is NaN.
+    let args = with(with(case_a_args(&out), "--learning-rate", "1e30"), "--save-steps", "1");
+    let result = run(&args);
+    assert!(!result.status.success());
+    let stderr = String::from_utf8_lossy(&result.stderr);
+    assert!(stderr.contains("training stopped; the last checkpoint (step 1) is intact"), "{stderr}");
+    assert!(stderr.contains("is not finite"), "{stderr}");
+    let names: Vec<String> =
+        std::fs::read_dir(&out).expect("dir").map(|e| e.expect("entry").file_name().to_string_lossy().into()).collect();
+    assert!(names.iter().all(|n| !n.contains("partial")), "no half-written files: {names:?}");
+    assert!(out.join("checkpoint-1/trainer_state.json").is_file());
+    assert!(out.join("checkpoint-1/optimizer.safetensors").is_file());
+    assert!(out.join("checkpoint-1/model.safetensors").is_file());
+}

@@ -1,0 +1,156 @@
+//! The training loop around [`Trainer::train_step`]: epochs and micro-batch positions as
+//! transformers counts them, logging, evaluation and checkpoint points, TR-DPO reference syncs.
+//! Data, evaluation and saving are the caller's, through [`FitHooks`].
+
+use burn::module::Module;
+
+use crate::batch::KtoBatch;
+use crate::error::Result;
+use crate::lm::CausalLm;
+use crate::trainer::{StepReport, Trainer};
+
+/// When evaluation runs (transformers' `eval_strategy`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum EvalEvery {
+    /// Never (`no`).
+    #[default]
+    Never,
+    /// Every this many optimizer steps (`steps` with `eval_steps`).
+    Steps(u64),
+    /// At the end of every epoch (`epoch`).
+    Epoch,
+}
+
+/// The loop's schedule.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct FitConfig {
+    /// Optimizer steps to run in total.
+    pub max_steps: u64,
+    /// Micro-batches in one epoch (`ceil(rows / per_device_train_batch_size)`).
+    pub micro_batches_per_epoch: u64,
+    /// Micro-batches per optimizer step; an epoch's last step takes what is left.
+    pub gradient_accumulation_steps: u64,
+    /// Log every this many steps.
+    pub logging_steps: u64,
+    /// Evaluation points.
+    pub eval_every: EvalEvery,
+    /// Checkpoint every this many steps.
+    pub save_steps: Option<u64>,
+    /// TR-DPO: `(ref_model_mixup_alpha, ref_model_sync_steps)`.
+    pub sync_ref: Option<(f64, u64)>,
+}
+
+impl FitConfig {
+    /// transformers' steps per epoch: `ceil(micro_batches_per_epoch / gradient_accumulation_steps)`.
+    pub fn steps_per_epoch(micro_batches_per_epoch: u64, gradient_accumulation_steps: u64) -> u64 {
+        micro_batches_per_epoch.div_ceil(gradient_accumulation_steps.max(1))
+    }
+
+    /// Total steps: `max_steps` when positive, else `ceil(num_train_epochs × steps_per_epoch)`.
+    pub fn total_steps(max_steps: u64, num_train_epochs: f64, steps_per_epoch: u64) -> u64 {
+        if max_steps > 0 { max_steps } else { (num_train_epochs * steps_per_epoch as f64).ceil() as u64 }
+    }
+}
+
+/// Where a run is: optimizer steps done and micro-batches consumed (across epochs).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Position {
+    /// Optimizer steps done.
+    pub step: u64,
+    /// Micro-batches consumed since the start of training.
+    pub micro_batches: u64,
+}
+
+impl Position {
+    /// The fractional epoch transformers logs: micro-batches consumed / micro-batches per epoch.
+    pub fn epoch(&self, micro_batches_per_epoch: u64) -> f64 {
+        self.micro_batches as f64 / micro_batches_per_epoch.max(1) as f64
+    }
+}
+
+/// What the loop asks of its caller.
+pub trait FitHooks<M> {
+    /// Micro-batch `index` (0-based) of epoch `epoch` (0-based).
+    ///
+    /// # Errors
+    /// Whatever producing the batch can fail with.
+    fn micro_batch(&mut self, epoch: u64, index: u64) -> Result<KtoBatch>;
+
+    /// After every optimizer step.
+    fn on_step(&mut self, _report: &StepReport, _position: &Position) {}
+
+    /// A log event (`trainer.log` values, or evaluation values with the `eval_` prefix).
+    ///
+    /// # Errors
+    /// Whatever recording it can fail with.
+    fn on_log(&mut self, values: &[(String, f64)]) -> Result<()>;
+
+    /// At an evaluation point; returns the values to log (`eval_*`), if any.
+    ///
+    /// # Errors
+    /// Whatever evaluating can fail with.
+    fn evaluate(&mut self, _trainer: &Trainer<M>, _position: &Position) -> Result<Vec<(String, f64)>> {
+        Ok(Vec::new())
+    }
+
+    /// At a checkpoint point.
+    ///
+    /// # Errors
+    /// Whatever saving can fail with.
+    fn save(&mut self, _trainer: &Trainer<M>, _position: &Position) -> Result<()> {
+        Ok(())
+    }
+}
+
+/// Runs optimizer steps from `start` until `config.max_steps`, and returns the final position.
+///
+/// # Errors
+/// The first error of a step (a non-finite loss or gradient stops the run there) or of a hook.
+pub fn fit<M: CausalLm + Module + Clone>(
+    trainer: &mut Trainer<M>,
+    config: &FitConfig,
+    start: Position,
+    hooks: &mut impl FitHooks<M>,
+) -> Result<Position> {
+    let per_epoch = config.micro_batches_per_epoch.max(1);
+    let ga = config.gradient_accumulation_steps.max(1);
+    let mut position = start;
+    while position.step < config.max_steps {
+        let epoch = position.micro_batches / per_epoch;
+        let index = position.micro_batches % per_epoch;
+        let n = ga.min(per_epoch - index);
+        let micro = (0..n).map(|k| hooks.micro_batch(epoch, index + k)).collect::<Result<Vec<_>>>()?;
+        let report = trainer.train_step(&micro)?;
+        position.step += 1;
+        position.micro_batches += n;
+        hooks.on_step(&report, &position);
+        let step = position.step;
+        if config.logging_steps > 0 && step.is_multiple_of(config.logging_steps) {
+            hooks.on_log(&trainer.log(position.epoch(per_epoch)))?;
+        }
+        if let Some((alpha, every)) = config.sync_ref
+            && every > 0
+            && step.is_multiple_of(every)
+        {
+            trainer.sync_reference(alpha);
+        }
+        let epoch_ended = index + n == per_epoch;
+        let evaluate = match config.eval_every {
+            EvalEvery::Never => false,
+            EvalEvery::Steps(k) => k > 0 && step.is_multiple_of(k),
+            EvalEvery::Epoch => epoch_ended,
+        };
+        if evaluate {
+            let mut values = hooks.evaluate(trainer, &position)?;
+            if !values.is_empty() {
+                values.push(("epoch".into(), position.epoch(per_epoch)));
+                values.push(("step".into(), step as f64));
+                hooks.on_log(&values)?;
+            }
+        }
+        if config.save_steps.is_some_and(|k| k > 0 && step.is_multiple_of(k)) {
+            hooks.save(trainer, &position)?;
+        }
+    }
+    Ok(position)
+}
