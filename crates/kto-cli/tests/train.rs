@@ -192,3 +192,76 @@ fn a_nan_stops_the_run_and_keeps_the_last_checkpoint() {
     assert!(out.join("checkpoint-1/optimizer.safetensors").is_file());
     assert!(out.join("checkpoint-1/model.safetensors").is_file());
 }
+
+/// TRL case f: Llama, AdamW 1e-3, max_length 48, precomputed reference log-probs.
+fn case_f_args(out: &Path, data: &Path) -> Vec<String> {
+    let model = fixture("models/tiny-llama");
+    let args = with(case_a_args(out), "--model", path(&model));
+    let args = with(with(args, "--dataset", path(data)), "--optim", "adamw_torch");
+    let args = with(with(args, "--learning-rate", "1e-3"), "--max-steps", "6");
+    let args = with(args, "--max-length", "48");
+    with(args, "--precompute-ref-log-probs", "true")
+}
+
+#[test]
+fn precomputed_reference_matches_trl_and_is_cached_by_manifest() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let data = dir.path().join("data.jsonl");
+    std::fs::copy(fixture("datasets/kto_standard.jsonl"), &data).expect("copy");
+    let out = dir.path().join("run");
+    let result = run(&case_f_args(&out, &data));
+    let stderr = String::from_utf8_lossy(&result.stderr).to_string();
+    assert!(result.status.success(), "{stderr}");
+    assert!(stderr.contains("reference log-probs: computed for 60 rows"), "{stderr}");
+    let ours = read_jsonl_file(&out.join("metrics.jsonl"));
+    let trl = read_jsonl("trl/f_llama_precompute_ref/metrics.jsonl");
+    assert_eq!(ours.len(), trl.len());
+    for (o, t) in ours.iter().zip(&trl) {
+        let diff = (o["loss"].as_f64().expect("loss") - t["loss"].as_f64().expect("loss")).abs();
+        assert!(diff <= 1e-5, "{o} vs {t}");
+    }
+    // Same inputs: the cache is reused. A changed dataset: recomputed.
+    let again = run(&case_f_args(&out, &data));
+    assert!(String::from_utf8_lossy(&again.stderr).contains("reusing"), "{}", String::from_utf8_lossy(&again.stderr));
+    let text = std::fs::read_to_string(&data).expect("read").replacen("Paris", "Lyon", 1);
+    std::fs::write(&data, text).expect("write");
+    let changed = run(&case_f_args(&out, &data));
+    assert!(String::from_utf8_lossy(&changed.stderr).contains("computed for 60 rows"));
+}
+
+#[test]
+fn evaluation_samples_window_kl_with_batch_one_and_reference_sync() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let out = dir.path().join("run");
+    let eval = fixture("formats/jsonl_layout");
+    let mut args = with(case_a_args(&out), "--per-device-train-batch-size", "1");
+    for (flag, value) in [
+        ("--kl-estimate", "accumulation_window"),
+        ("--gradient-accumulation-steps", "4"),
+        ("--max-steps", "4"),
+        ("--optim", "adamw_torch"),
+        ("--learning-rate", "1e-3"),
+        ("--eval-dataset", path(&eval)),
+        ("--eval-dataset-split", "validation"),
+        ("--eval-strategy", "steps"),
+        ("--eval-steps", "2"),
+        ("--generate-during-eval", "true"),
+        ("--sync-ref-model", "true"),
+        ("--ref-model-sync-steps", "2"),
+    ] {
+        args = with(args, flag, value);
+    }
+    let result = run(&args);
+    assert!(result.status.success(), "{}", String::from_utf8_lossy(&result.stderr));
+    let events = read_jsonl_file(&out.join("metrics.jsonl"));
+    let train: Vec<_> = events.iter().filter(|e| e.get("loss").is_some()).collect();
+    let evals: Vec<_> = events.iter().filter(|e| e.get("eval_loss").is_some()).collect();
+    assert_eq!(train.len(), 4, "logging_steps 1");
+    assert_eq!(evals.iter().map(|e| e["step"].as_f64().expect("step")).collect::<Vec<_>>(), vec![2.0, 4.0]);
+    assert!(evals[0].get("eval_rewards/chosen").is_some() || evals[0].get("eval_rewards/rejected").is_some());
+    let samples = read_jsonl_file(&out.join("eval_samples.jsonl"));
+    assert_eq!(samples.len(), 8, "4 prompts at each of the 2 evaluations");
+    assert!(samples.iter().all(|s| s["policy"].is_string() && s["reference"].is_string()));
+    // With one row per micro-batch no micro-batch holds both labels: no margins, as in TRL.
+    assert!(train.iter().all(|e| e.get("rewards/margins").is_none()));
+}

@@ -596,4 +596,26 @@ mod tests {
         assert_eq!(trainer.steps(), 1, "the failed step is not counted");
         assert_eq!(trainer.policy().lm_head.bias.as_ref().expect("bias").val().into_data(), before);
     }
+
+    #[test]
+    fn reference_sync_mixes_the_policy_in() {
+        let (mut trainer, device) = trainer(config(4, 1, KlMode::MicroBatch));
+        trainer.train_step(&[batch(4, 0, &device)]).expect("trains");
+        let policy = crate::optim::parameters_by_path(&trainer.policy().clone().valid());
+        let before = match trainer.reference() {
+            Reference::Model(m) => crate::optim::parameters_by_path(m),
+            Reference::Precomputed => unreachable!("a model reference"),
+        };
+        trainer.sync_reference(0.25);
+        let after = match trainer.reference() {
+            Reference::Model(m) => crate::optim::parameters_by_path(m),
+            Reference::Precomputed => unreachable!("a model reference"),
+        };
+        assert_eq!(after.len(), policy.len());
+        for (path, mixed) in &after {
+            // ref ← 0.25 · policy + 0.75 · ref, element by element.
+            let expected = policy[path].clone() * 0.25 + before[path].clone() * 0.75;
+            mixed.to_data().assert_approx_eq::<f32>(&expected.into_data(), burn::tensor::Tolerance::absolute(1e-7));
+        }
+    }
 }
