@@ -265,3 +265,30 @@ fn evaluation_samples_window_kl_with_batch_one_and_reference_sync() {
     // With one row per micro-batch no micro-batch holds both labels: no margins, as in TRL.
     assert!(train.iter().all(|e| e.get("rewards/margins").is_none()));
 }
+
+#[test]
+fn checkpoint_limit_latest_and_gradient_checkpointing() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let out = dir.path().join("run");
+    let args = with(with(case_a_args(&out), "--save-steps", "2"), "--save-total-limit", "2");
+    // Recomputing activations in the backward pass changes memory, not numbers.
+    let args = with(args, "--gradient-checkpointing", "true");
+    let result = run(&args);
+    assert!(result.status.success(), "{}", String::from_utf8_lossy(&result.stderr));
+    let mut kept: Vec<String> = std::fs::read_dir(&out)
+        .expect("dir")
+        .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with("checkpoint-"))
+        .collect();
+    kept.sort();
+    assert_eq!(kept, ["checkpoint-6", "checkpoint-8"]);
+    let trl = read_jsonl("trl/a_qwen_kto_sgd/metrics.jsonl");
+    for (o, t) in read_jsonl_file(&out.join("metrics.jsonl")).iter().zip(&trl) {
+        let diff = (o["loss"].as_f64().expect("loss") - t["loss"].as_f64().expect("loss")).abs();
+        assert!(diff <= 1e-5, "{o} vs {t}");
+    }
+    let result = run(&with(args, "--resume-from-checkpoint", "latest"));
+    let stderr = String::from_utf8_lossy(&result.stderr);
+    assert!(result.status.success(), "{stderr}");
+    assert!(stderr.contains("checkpoint-8 at step 8"), "{stderr}");
+}

@@ -141,6 +141,9 @@ impl ModuleMapper for Update<'_> {
             return Param::from_mapped_value(id, tensor, mapper);
         };
         let require_grad = tensor.is_require_grad();
+        // A tensor re-attached to autodiff gets the default checkpointing strategy; keep the
+        // parameter's own (the device's), or the next forward mixes strategies and panics.
+        let checkpointing = tensor.gradient_checkpointing_strategy();
         let dims = tensor.dims();
         let dtype = tensor.dtype();
         let n: usize = dims.iter().product();
@@ -176,6 +179,9 @@ impl ModuleMapper for Update<'_> {
             }
         };
         let mut updated = Tensor::from_inner(updated.reshape(dims).cast(dtype));
+        if let Some(strategy) = checkpointing {
+            updated = updated.with_gradient_checkpointing_strategy(strategy);
+        }
         if require_grad {
             updated = updated.require_grad();
         }
