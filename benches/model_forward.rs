@@ -15,11 +15,8 @@ const BATCH: usize = 4;
 const PROMPT: usize = 64;
 const COMPLETION: usize = 128;
 
-const BENCH_CONFIG: &str = r#"{
-  "architectures": ["Qwen2ForCausalLM"], "model_type": "qwen2", "vocab_size": 32000, "hidden_size": 512,
-  "intermediate_size": 1408, "num_hidden_layers": 8, "num_attention_heads": 8, "num_key_value_heads": 4,
-  "rms_norm_eps": 1e-6, "rope_theta": 1000000.0, "tie_word_embeddings": true, "max_position_embeddings": 4096
-}"#;
+/// The 40M-parameter Qwen2-like bench config (shared with `examples/bench_model.rs`).
+const BENCH_CONFIG: &str = include_str!("qwen2-40m-config.json");
 
 fn bench_forward(c: &mut Criterion) {
     let config = DecoderConfig::from_json(BENCH_CONFIG, Path::new("bench-config.json")).expect("valid config");

@@ -8,7 +8,9 @@ use kto::core::{
     TrainerConfig, reference_logps,
 };
 use kto::data::{CollateConfig, HfTokenizer, KlPairing, TokenizeConfig, collate, read_jsonl, tokenize_examples};
-use kto::models::{LoadOptions, TransformerLm, load_model, named_tensors};
+use kto::models::{
+    LoadOptions, TransformerLm, load_adapter, load_model, load_tensor_file, named_tensors, save_adapter,
+};
 use kto_testkit::{cpu_devices, fixture, read_json, read_jsonl as read_fixture};
 use serde_json::Value;
 
@@ -70,6 +72,17 @@ fn run(case: &Case, device: &Device) {
     let train_device = device.clone().autodiff();
     let (_, policy) = load_model(&folder, &train_device, &LoadOptions::default()).expect("policy");
     let (_, reference) = load_model(&folder, device, &LoadOptions::default()).expect("reference");
+    // LoRA (case g): TRL's initial adapter on the frozen base; the reference is the same model
+    // with the adapters off, sharing the base weights.
+    let lora = case.name.starts_with("g_");
+    let (policy, reference) = if lora {
+        let (policy, _) =
+            load_adapter(policy, &fixture(&format!("trl/{}/initial_adapter", case.name))).expect("initial adapter");
+        let reference = policy.without_adapters().valid();
+        (policy, reference)
+    } else {
+        (policy, reference)
+    };
     let reference = if cfg["precompute_ref_log_probs"] == true {
         // TRL's init-time pass: the reference over the training batches, in order.
         for chunk in rows.chunks_mut(batch_size) {
@@ -132,7 +145,36 @@ fn run(case: &Case, device: &Device) {
         let logged = trainer.log(micro_done as f64 / micro_per_epoch as f64);
         let want = &expected[step as usize - 1];
         compare(case.name, step, f("beta"), &logged, want);
-        compare_param_norms(case.name, step, trainer.policy(), &norms[step as usize - 1]);
+        if lora {
+            compare_adapter_norms(case.name, step, trainer.policy(), &norms[step as usize - 1]);
+        } else {
+            compare_param_norms(case.name, step, trainer.policy(), &norms[step as usize - 1]);
+        }
+    }
+    if lora {
+        // The trained adapter against TRL + PEFT's, in PEFT's layout.
+        let dir = tempfile::tempdir().expect("temp dir");
+        let config = kto::models::LoraConfig {
+            r: 8,
+            alpha: 16.0,
+            dropout: 0.0,
+            targets: kto::models::LoraTargets::parse("q_proj,v_proj").expect("targets"),
+            use_rslora: false,
+        };
+        save_adapter(&trainer.into_policy().valid(), &config, "tiny-qwen2", dir.path()).expect("saves");
+        let ours = load_tensor_file(&dir.path().join("adapter_model.safetensors")).expect("ours");
+        let theirs = load_tensor_file(&fixture(&format!("trl/{}/final_adapter/adapter_model.safetensors", case.name)))
+            .expect("TRL");
+        assert_eq!(ours.len(), theirs.len());
+        for ((name, shape, a), (name_b, shape_b, b)) in ours.iter().zip(&theirs) {
+            assert_eq!((name, shape), (name_b, shape_b));
+            let diff = a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0f32, f32::max);
+            if std::env::var_os("KTO_PARITY_REPORT").is_some() {
+                eprintln!("{} final {name}: max |diff| {diff:e}", case.name);
+            }
+            assert!(diff <= WEIGHT_ABS, "{}: {name} differs from TRL's final adapter by {diff}", case.name);
+        }
+        return;
     }
     let final_model = fixture(&format!("trl/{}/final_model", case.name));
     if !final_model.is_dir() {
@@ -152,6 +194,25 @@ fn run(case: &Case, device: &Device) {
         }
         assert!(diff <= WEIGHT_ABS, "{}: {name} differs from TRL's final weights by {diff}", case.name);
     }
+}
+
+/// The L2 norm of every adapter matrix after a step against TRL's (PEFT's names).
+fn compare_adapter_norms(case: &str, step: u64, policy: &TransformerLm, want: &Value) {
+    let norms = want["norms"].as_object().expect("norms");
+    let mut seen = 0;
+    for (prefix, proj) in policy.projections() {
+        let Some(adapter) = &proj.lora else { continue };
+        for (part, t) in [("lora_A", adapter.a.val()), ("lora_B", adapter.b.val())] {
+            let key = format!("base_model.model.{prefix}.{part}.default.weight");
+            let expected = norms[&key].as_f64().unwrap_or_else(|| panic!("{case}: TRL has no norm for {key}"));
+            let values = t.into_data().convert::<f32>().try_into_vec::<f32>().expect("f32");
+            let got = values.iter().map(|v| f64::from(*v).powi(2)).sum::<f64>().sqrt();
+            let bound = f64::from(WEIGHT_ABS) * (values.len() as f64).sqrt();
+            assert!((got - expected).abs() <= bound, "{case} step {step}: ‖{key}‖ = {got}, TRL {expected}");
+            seen += 1;
+        }
+    }
+    assert_eq!(seen, norms.len(), "{case}: every trainable tensor compared");
 }
 
 /// The L2 norm of every parameter after a step against TRL's `param_norms.jsonl`: weights within
@@ -238,6 +299,11 @@ fn case_e_qwen_pairwise_explicit() {
 #[test]
 fn case_f_llama_precompute_ref() {
     on_both_backends("f_llama_precompute_ref");
+}
+
+#[test]
+fn case_g_qwen_lora() {
+    on_both_backends("g_qwen_lora");
 }
 
 #[test]

@@ -20,6 +20,9 @@ pub struct LogpsArgs {
     /// Reference model folder or hub id: adds `ref_logps` and `ref_kl_logps`.
     #[arg(long)]
     pub ref_model: Option<String>,
+    /// A PEFT LoRA adapter folder applied to --model.
+    #[arg(long)]
+    pub adapter: Option<PathBuf>,
     #[command(flatten)]
     pub data: DataArgs,
     /// Output JSONL file (written whole or not at all).
@@ -43,6 +46,14 @@ pub fn logps(args: &LogpsArgs) -> Result<()> {
         Ok(model)
     };
     let policy = load(&args.model)?;
+    let policy = match &args.adapter {
+        Some(dir) => {
+            kto_models::load_adapter(policy, dir)
+                .with_context(|| format!("loading the adapter from {}", dir.display()))?
+                .0
+        }
+        None => policy,
+    };
     let reference = args.ref_model.as_deref().map(load).transpose()?;
     let Some(pad_id) = tokenizer.pad_id() else {
         bail!("{}: the tokenizer has neither a pad nor an EOS token", folder.display())

@@ -42,6 +42,24 @@ enum Command {
     /// Train a model with KTO (TRL's KTOTrainer settings). Without arguments, trains a bundled
     /// demo on the CPU.
     Train(Box<train::TrainArgs>),
+    /// Merge a PEFT LoRA adapter into its base model and write a plain Hugging Face folder.
+    Merge(MergeArgs),
+}
+
+#[derive(Debug, clap::Args)]
+struct MergeArgs {
+    /// Base model folder or hub id.
+    #[arg(long)]
+    model: String,
+    /// PEFT LoRA adapter folder (adapter_config.json, adapter_model.safetensors).
+    #[arg(long)]
+    adapter: PathBuf,
+    /// Destination folder (replaced if it exists).
+    #[arg(long)]
+    out: PathBuf,
+    /// Dtype on disk: float32, bfloat16 or float16 (default: as the base config records).
+    #[arg(long)]
+    dtype: Option<String>,
 }
 
 #[derive(Debug, clap::Args)]
@@ -92,6 +110,9 @@ struct GenerateArgs {
     /// Device: `flex`, `ndarray`, `wgpu[:N]`, `cuda[:N]` (as compiled in).
     #[arg(long, default_value = "flex")]
     device: String,
+    /// A PEFT LoRA adapter folder to apply to the model.
+    #[arg(long)]
+    adapter: Option<PathBuf>,
 }
 
 #[derive(Debug, clap::Args)]
@@ -132,6 +153,7 @@ fn run(cli: Cli) -> Result<()> {
         Command::Audit(args) => audit::audit(&args),
         Command::Logps(args) => logps::logps(&args),
         Command::Train(args) => train::train(&args),
+        Command::Merge(args) => merge(&args),
     }
 }
 
@@ -161,6 +183,14 @@ fn generate_command(args: &GenerateArgs) -> Result<()> {
     let device = device::parse_device(&args.device)?;
     let (config, model) = load_model(&args.model, &device, &LoadOptions::default())
         .with_context(|| format!("loading model from {}", args.model.display()))?;
+    let model = match &args.adapter {
+        Some(dir) => {
+            kto_models::load_adapter(model, dir)
+                .with_context(|| format!("loading the adapter from {}", dir.display()))?
+                .0
+        }
+        None => model,
+    };
     let tokenizer = HfTokenizer::from_folder(&args.model)
         .with_context(|| format!("loading tokenizer from {}", args.model.display()))?;
     let (text, add_special) = if args.chat {
@@ -186,14 +216,30 @@ fn generate_command(args: &GenerateArgs) -> Result<()> {
     Ok(())
 }
 
+fn storage_dtype(name: Option<&str>) -> Result<Option<StorageDType>> {
+    name.map(|name| {
+        StorageDType::from_config_name(name)
+            .with_context(|| format!("--dtype `{name}`: expected float32, bfloat16 or float16"))
+    })
+    .transpose()
+}
+
+fn merge(args: &MergeArgs) -> Result<()> {
+    let folder = data_args::model_folder(&args.model)?;
+    let device = device::parse_device("flex")?;
+    let (config, model) = load_model(&folder, &device, &LoadOptions::default())
+        .with_context(|| format!("loading model from {}", folder.display()))?;
+    let (model, _) = kto_models::load_adapter(model, &args.adapter)
+        .with_context(|| format!("loading the adapter from {}", args.adapter.display()))?;
+    let options = SaveOptions { dtype: storage_dtype(args.dtype.as_deref())?, max_shard_bytes: 5_000_000_000 };
+    kto_models::merge_into_folder(model, &config, &folder, &args.out, &options)
+        .with_context(|| format!("writing {}", args.out.display()))?;
+    eprintln!("wrote {}", args.out.display());
+    Ok(())
+}
+
 fn convert(args: &ConvertArgs) -> Result<()> {
-    let dtype = match args.dtype.as_deref() {
-        None => None,
-        Some(name) => Some(
-            StorageDType::from_config_name(name)
-                .with_context(|| format!("--dtype `{name}`: expected float32, bfloat16 or float16"))?,
-        ),
-    };
+    let dtype = storage_dtype(args.dtype.as_deref())?;
     let device = device::parse_device(&args.device)?;
     let (config, model) = load_model(&args.model, &device, &LoadOptions::default())
         .with_context(|| format!("loading model from {}", args.model.display()))?;

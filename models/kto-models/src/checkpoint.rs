@@ -152,7 +152,7 @@ impl Source<'_> {
 }
 
 /// Row-major `[rows, cols]` to `[cols, rows]`.
-fn transpose(values: &[f32], rows: usize, cols: usize) -> Vec<f32> {
+pub(crate) fn transpose(values: &[f32], rows: usize, cols: usize) -> Vec<f32> {
     let mut out = vec![0.0; values.len()];
     for r in 0..rows {
         for c in 0..cols {
@@ -171,19 +171,19 @@ fn build(config: &DecoderConfig, src: &mut Source<'_>) -> Result<TransformerLm> 
     for i in 0..config.num_layers {
         let p = format!("model.layers.{i}");
         let self_attn = Attention {
-            q_proj: src.linear(&format!("{p}.self_attn.q_proj"), d, heads * hd, config.qkv_bias)?,
-            k_proj: src.linear(&format!("{p}.self_attn.k_proj"), d, kv * hd, config.qkv_bias)?,
-            v_proj: src.linear(&format!("{p}.self_attn.v_proj"), d, kv * hd, config.qkv_bias)?,
-            o_proj: src.linear(&format!("{p}.self_attn.o_proj"), heads * hd, d, config.o_bias)?,
+            q_proj: src.linear(&format!("{p}.self_attn.q_proj"), d, heads * hd, config.qkv_bias)?.into(),
+            k_proj: src.linear(&format!("{p}.self_attn.k_proj"), d, kv * hd, config.qkv_bias)?.into(),
+            v_proj: src.linear(&format!("{p}.self_attn.v_proj"), d, kv * hd, config.qkv_bias)?.into(),
+            o_proj: src.linear(&format!("{p}.self_attn.o_proj"), heads * hd, d, config.o_bias)?.into(),
             n_heads: heads,
             n_kv_heads: kv,
             head_dim: hd,
         };
         let ff = config.intermediate_size;
         let mlp = Mlp {
-            gate_proj: src.linear(&format!("{p}.mlp.gate_proj"), d, ff, config.mlp_bias)?,
-            up_proj: src.linear(&format!("{p}.mlp.up_proj"), d, ff, config.mlp_bias)?,
-            down_proj: src.linear(&format!("{p}.mlp.down_proj"), ff, d, config.mlp_bias)?,
+            gate_proj: src.linear(&format!("{p}.mlp.gate_proj"), d, ff, config.mlp_bias)?.into(),
+            up_proj: src.linear(&format!("{p}.mlp.up_proj"), d, ff, config.mlp_bias)?.into(),
+            down_proj: src.linear(&format!("{p}.mlp.down_proj"), ff, d, config.mlp_bias)?.into(),
         };
         layers.push(DecoderLayer {
             self_attn,

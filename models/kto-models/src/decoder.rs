@@ -5,7 +5,10 @@ use burn::prelude::*;
 use kto_core::CausalLm;
 
 use crate::config::DecoderConfig;
-use crate::layers::{Attention, AttentionConfig, LayerCache, Mlp, MlpConfig, RmsNorm, RmsNormConfig, RotaryEmbedding};
+use crate::layers::{
+    Attention, AttentionConfig, LayerCache, LoraConfig, Mlp, MlpConfig, Projection, RmsNorm, RmsNormConfig,
+    RotaryEmbedding,
+};
 
 /// One pre-norm decoder layer: `h = x + attn(norm(x))`, `out = h + mlp(norm(h))`.
 #[derive(Module, Debug)]
@@ -160,4 +163,110 @@ impl CausalLm for TransformerLm {
     fn vocab_size(&self) -> usize {
         self.model.embed_tokens.weight.dims()[0]
     }
+}
+
+/// LoRA on the decoder's projections.
+impl TransformerLm {
+    /// Rebuilds the model with `f` applied to every projection, given its checkpoint prefix
+    /// (`model.layers.3.self_attn.q_proj`) and name (`q_proj`).
+    pub fn map_projections(self, mut f: impl FnMut(&str, &'static str, Projection) -> Projection) -> Self {
+        let Self { model, lm_head, rope } = self;
+        let Decoder { embed_tokens, layers, norm } = model;
+        let layers = layers
+            .into_iter()
+            .enumerate()
+            .map(|(i, layer)| {
+                let DecoderLayer { self_attn, mlp, input_layernorm, post_attention_layernorm } = layer;
+                let mut p = |group: &str, name: &'static str, proj: Projection| {
+                    f(&format!("model.layers.{i}.{group}.{name}"), name, proj)
+                };
+                let self_attn = crate::layers::Attention {
+                    q_proj: p("self_attn", "q_proj", self_attn.q_proj),
+                    k_proj: p("self_attn", "k_proj", self_attn.k_proj),
+                    v_proj: p("self_attn", "v_proj", self_attn.v_proj),
+                    o_proj: p("self_attn", "o_proj", self_attn.o_proj),
+                    ..self_attn
+                };
+                let mlp = crate::layers::Mlp {
+                    gate_proj: p("mlp", "gate_proj", mlp.gate_proj),
+                    up_proj: p("mlp", "up_proj", mlp.up_proj),
+                    down_proj: p("mlp", "down_proj", mlp.down_proj),
+                };
+                DecoderLayer { self_attn, mlp, input_layernorm, post_attention_layernorm }
+            })
+            .collect();
+        Self { model: Decoder { embed_tokens, layers, norm }, lm_head, rope }
+    }
+
+    /// Every projection with its checkpoint prefix, in checkpoint order.
+    pub fn projections(&self) -> Vec<(String, &Projection)> {
+        let mut out = Vec::new();
+        for (i, layer) in self.model.layers.iter().enumerate() {
+            let a = &layer.self_attn;
+            let m = &layer.mlp;
+            for (group, name, proj) in [
+                ("self_attn", "q_proj", &a.q_proj),
+                ("self_attn", "k_proj", &a.k_proj),
+                ("self_attn", "v_proj", &a.v_proj),
+                ("self_attn", "o_proj", &a.o_proj),
+                ("mlp", "gate_proj", &m.gate_proj),
+                ("mlp", "up_proj", &m.up_proj),
+                ("mlp", "down_proj", &m.down_proj),
+            ] {
+                out.push((format!("model.layers.{i}.{group}.{name}"), proj));
+            }
+        }
+        out
+    }
+
+    /// Freezes every weight and gives the targeted projections new PEFT-initialised adapters
+    /// (seeded: the same on every backend).
+    pub fn apply_lora(self, config: &LoraConfig, seed: u64) -> Self {
+        let mut rng = kto_core::SplitMix64::new(seed);
+        self.no_grad().map_projections(|_, name, proj| {
+            if !config.targets.includes(name) {
+                return proj;
+            }
+            let [d_in, d_out] = proj.linear.weight.dims();
+            let device = proj.linear.weight.device();
+            let dtype = proj.linear.weight.val().dtype();
+            let adapter = config.init_adapter(d_in, d_out, &mut rng, &device);
+            Projection { lora: Some(cast_adapter(adapter, dtype)), linear: proj.linear }
+        })
+    }
+
+    /// Whether any projection has an adapter.
+    pub fn has_adapters(&self) -> bool {
+        self.projections().iter().any(|(_, p)| p.lora.is_some())
+    }
+
+    /// The same model with every adapter removed: the base model, sharing its weights (no
+    /// copy), which is LoRA training's reference.
+    pub fn without_adapters(&self) -> Self {
+        self.clone().map_projections(|_, _, proj| Projection { lora: None, linear: proj.linear })
+    }
+
+    /// The adapters merged into the weights (`W + scale · A B`) and removed.
+    pub fn merge_adapters(self) -> Self {
+        self.map_projections(|_, _, proj| {
+            if proj.lora.is_none() {
+                return proj;
+            }
+            let weight = proj.merged_weight();
+            let linear = burn::nn::Linear { weight: burn::module::Param::from_tensor(weight), bias: proj.linear.bias };
+            Projection { linear, lora: None }
+        })
+    }
+}
+
+fn cast_adapter(adapter: crate::layers::LoraAdapter, dtype: burn::tensor::DType) -> crate::layers::LoraAdapter {
+    let cast = |p: burn::module::Param<Tensor<2>>| {
+        let t = p.val();
+        if t.dtype() == dtype {
+            p
+        } else {
+            burn::module::Param::from_tensor(t.cast(burn::tensor::FloatDType::from(dtype)))
+        }
+    };
+    crate::layers::LoraAdapter { a: cast(adapter.a), b: cast(adapter.b), scale: adapter.scale }
 }

@@ -43,6 +43,14 @@ pub enum Error {
         /// What is supported.
         supported: Vec<&'static str>,
     },
+    /// A PEFT adapter folder does not fit (unsupported features, shapes, tensors).
+    #[error("{}: {reason}", path.display())]
+    Adapter {
+        /// The file at fault.
+        path: PathBuf,
+        /// What does not fit.
+        reason: String,
+    },
     /// A safetensors file is malformed.
     #[error("{path}: invalid safetensors file: {reason}")]
     Safetensors {

@@ -21,6 +21,7 @@ mod decoder;
 mod error;
 mod generate;
 mod layers;
+mod peft;
 mod safetensors_io;
 
 pub use checkpoint::{COMPANION_FILES, LoadOptions, SaveOptions, load_model, named_tensors, save_model};
@@ -29,6 +30,8 @@ pub use decoder::{Decoder, DecoderLayer, KvCache, TransformerLm};
 pub use error::{Error, Result, TensorProblem};
 pub use generate::{GenerationConfig, generate};
 pub use layers::{
-    Attention, AttentionConfig, LayerCache, Mlp, MlpConfig, RmsNorm, RmsNormConfig, RotaryEmbedding, RotaryTables,
+    Attention, AttentionConfig, LayerCache, LoraAdapter, LoraConfig, LoraTargets, Mlp, MlpConfig, PROJECTIONS,
+    Projection, RmsNorm, RmsNormConfig, RotaryEmbedding, RotaryTables,
 };
+pub use peft::{load_adapter, merge_into_folder, save_adapter};
 pub use safetensors_io::{HostTensor, StorageDType, load_tensor_file, save_tensor_file};

@@ -54,6 +54,9 @@ impl Restored {
 
 /// Everything one checkpoint needs from the run.
 pub struct Snapshot<'a> {
+    /// Under LoRA: the adapter settings and the base model's name; the checkpoint then holds
+    /// the adapter (PEFT format) instead of the whole model.
+    pub lora: Option<(&'a kto_models::LoraConfig, &'a str)>,
     pub policy: &'a TransformerLm,
     pub reference: Option<&'a TransformerLm>,
     pub model_config: &'a DecoderConfig,
@@ -72,8 +75,12 @@ pub fn save(output_dir: &Path, snapshot: Snapshot<'_>, limit: usize) -> Result<P
         std::fs::remove_dir_all(&tmp).with_context(|| format!("removing {}", tmp.display()))?;
     }
     let options = SaveOptions { dtype: Some(snapshot.dtype), max_shard_bytes: 5_000_000_000 };
-    save_model(snapshot.policy, snapshot.model_config, Some(snapshot.source_folder), &tmp, &options)
-        .with_context(|| format!("writing {}", tmp.display()))?;
+    match snapshot.lora {
+        Some((config, base)) => kto_models::save_adapter(snapshot.policy, config, base, &tmp)
+            .with_context(|| format!("writing {}", tmp.display()))?,
+        None => save_model(snapshot.policy, snapshot.model_config, Some(snapshot.source_folder), &tmp, &options)
+            .with_context(|| format!("writing {}", tmp.display()))?,
+    }
     if let Some(reference) = snapshot.reference {
         save_model(reference, snapshot.model_config, Some(snapshot.source_folder), &tmp.join("reference"), &options)
             .with_context(|| format!("writing {}", tmp.join("reference").display()))?;

@@ -11,6 +11,7 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
+use burn::module::Module;
 use burn::tensor::{Device, FloatDType};
 use kto_core::{
     EvalEvery, FitConfig, FitHooks, KlMode, KtoBatch, KtoLossConfig, LogpsConfig, LossType, OptimizerKind, Position,
@@ -20,7 +21,10 @@ use kto_data::{
     CollateConfig, Dataset, HfTokenizer, KlPairing, Sampling, TokenizeConfig, TokenizedRow, TruncationMode, collate,
     epoch_batches,
 };
-use kto_models::{DecoderConfig, GenerationConfig, LoadOptions, SaveOptions, StorageDType, TransformerLm, load_model};
+use kto_models::{
+    DecoderConfig, GenerationConfig, LoadOptions, LoraConfig, LoraTargets, SaveOptions, StorageDType, TransformerLm,
+    load_model,
+};
 use serde_json::{Value, json};
 
 use self::options::{TrainConfig, TrainOptions, read_config_file};
@@ -120,6 +124,7 @@ struct Plan {
     sampling: Sampling,
     eval_every: EvalEvery,
     dtype: FloatDType,
+    lora: Option<LoraConfig>,
 }
 
 fn invalid(key: &str, reason: impl std::fmt::Display) -> anyhow::Error {
@@ -194,7 +199,21 @@ fn plan(c: &TrainConfig) -> Result<Plan> {
         ));
     }
     let dtype = if c.bf16 { FloatDType::BF16 } else { FloatDType::F32 };
-    Ok(Plan { loss, optimizer, schedule_kind, kl_mode, tokenize, sampling, eval_every, dtype })
+    let lora = if c.use_peft || !c.adapter.is_empty() {
+        if c.lora_r == 0 {
+            return Err(invalid("lora_r", "must be >= 1"));
+        }
+        Some(LoraConfig {
+            r: c.lora_r,
+            alpha: c.lora_alpha,
+            dropout: c.lora_dropout,
+            targets: LoraTargets::parse(&c.lora_target_modules).map_err(|e| invalid("lora_target_modules", e))?,
+            use_rslora: c.use_rslora,
+        })
+    } else {
+        None
+    };
+    Ok(Plan { loss, optimizer, schedule_kind, kl_mode, tokenize, sampling, eval_every, dtype, lora })
 }
 
 fn run(c: &TrainConfig) -> Result<()> {
@@ -242,9 +261,31 @@ fn run(c: &TrainConfig) -> Result<()> {
     } else {
         Some(checkpoint::load(&checkpoint::find(&c.resume_from_checkpoint, &output_dir)?, plan.optimizer, &device)?)
     };
-    let policy_folder = resume.as_ref().map_or_else(|| folder.clone(), |r| r.folder.clone());
+    // Under LoRA the policy is the base model plus adapters (checkpoints hold adapters only).
+    let policy_folder = match &resume {
+        Some(r) if plan.lora.is_none() => r.folder.clone(),
+        _ => folder.clone(),
+    };
     let (model_config, policy) = load_model(&policy_folder, &train_device, &load_options)
         .with_context(|| format!("loading the policy from {}", policy_folder.display()))?;
+    let (policy, lora) = match &plan.lora {
+        None => (policy, None),
+        Some(config) => {
+            let source = match (&resume, c.adapter.is_empty()) {
+                (Some(r), _) => Some(r.folder.clone()),
+                (None, false) => Some(PathBuf::from(&c.adapter)),
+                (None, true) => None,
+            };
+            match source {
+                Some(dir) => {
+                    let (policy, loaded) = kto_models::load_adapter(policy, &dir)
+                        .with_context(|| format!("loading the LoRA adapter from {}", dir.display()))?;
+                    (policy, Some(loaded))
+                }
+                None => (policy.apply_lora(config, c.seed), Some(config.clone())),
+            }
+        }
+    };
     let ref_folder = match (&resume, c.ref_model.is_empty()) {
         (Some(r), _) if r.state.reference_saved => r.folder.join("reference"),
         (_, true) => folder.clone(),
@@ -258,8 +299,15 @@ fn run(c: &TrainConfig) -> Result<()> {
     };
     let logps = LogpsConfig::new();
     let reference = {
-        let (_, reference) = load_model(&ref_folder, &device, &load_options)
-            .with_context(|| format!("loading the reference from {}", ref_folder.display()))?;
+        // LoRA's reference is the policy with its adapters off: the same base weights, no copy.
+        let reference =
+            if lora.is_some() && c.ref_model.is_empty() && !resume.as_ref().is_some_and(|r| r.state.reference_saved) {
+                policy.without_adapters().valid()
+            } else {
+                load_model(&ref_folder, &device, &load_options)
+                    .with_context(|| format!("loading the reference from {}", ref_folder.display()))?
+                    .1
+            };
         if c.precompute_ref_log_probs {
             let inputs = precompute::Inputs {
                 reference_folder: &ref_folder,
@@ -354,6 +402,8 @@ fn run(c: &TrainConfig) -> Result<()> {
         progress: Progress::new(total_steps, start.step),
         tokenizer: &tokenizer,
         warnings: &warnings,
+        lora: lora.as_ref(),
+        base_name: &c.model,
     };
     let outcome = kto_core::fit(&mut trainer, &fit_config, start, &mut hooks);
     hooks.progress.finish();
@@ -365,7 +415,13 @@ fn run(c: &TrainConfig) -> Result<()> {
     // Final model, summary, plots.
     let history = hooks.history;
     let policy = trainer.into_policy();
-    save_final_model(&policy, &model_config, &folder, &output_dir, storage(plan.dtype))?;
+    match &lora {
+        Some(config) => {
+            kto_models::save_adapter(&policy.valid(), config, &c.model, &output_dir)?;
+            copy_companions(&folder, &output_dir)?;
+        }
+        None => save_final_model(&policy, &model_config, &folder, &output_dir, storage(plan.dtype))?,
+    }
     let runtime = started.elapsed().as_secs_f64();
     let last = |key: &str| history.iter().rev().find_map(|e| e.get(key).and_then(Value::as_f64));
     let summary = json!({
@@ -396,6 +452,17 @@ fn run(c: &TrainConfig) -> Result<()> {
         runtime,
         output_dir.display()
     );
+    Ok(())
+}
+
+/// The tokenizer and generation files next to a saved adapter, as TRL saves them.
+fn copy_companions(source: &Path, out: &Path) -> Result<()> {
+    for file in kto_models::COMPANION_FILES {
+        let from = source.join(file);
+        if from.is_file() && from.file_name() != Some(std::ffi::OsStr::new("generation_config.json")) {
+            std::fs::copy(&from, out.join(file)).with_context(|| format!("copying {}", from.display()))?;
+        }
+    }
     Ok(())
 }
 
@@ -471,6 +538,8 @@ struct Hooks<'a> {
     progress: Progress,
     tokenizer: &'a HfTokenizer,
     warnings: &'a [String],
+    lora: Option<&'a LoraConfig>,
+    base_name: &'a str,
 }
 
 impl FitHooks<TransformerLm> for Hooks<'_> {
@@ -540,6 +609,7 @@ impl FitHooks<TransformerLm> for Hooks<'_> {
             reference_saved: synced.is_some(),
         };
         let snapshot = checkpoint::Snapshot {
+            lora: self.lora.map(|config| (config, self.base_name)),
             policy: &policy,
             reference: synced.as_ref(),
             model_config: self.model_config,

@@ -137,6 +137,22 @@ options! {
     generate_during_eval: bool = false;
     /// Continue from a checkpoint folder, or `latest` in --output-dir.
     resume_from_checkpoint: String = String::new();
+    /// Train LoRA adapters on the frozen model; the reference is the model with adapters off.
+    #[arg(num_args = 0..=1, default_missing_value = "true")]
+    use_peft: bool = false;
+    /// LoRA rank (PEFT's `r`; TRL's default 16).
+    lora_r: usize = 16;
+    /// LoRA α (TRL's default 32).
+    lora_alpha: f64 = 32.0;
+    /// LoRA dropout (recorded; TRL's disable_dropout sets it to 0 in training).
+    lora_dropout: f64 = 0.05;
+    /// Comma-separated projections (q_proj,k_proj,...) or all-linear.
+    lora_target_modules: String = "q_proj,v_proj".into();
+    /// Scale adapters by α/√r (rsLoRA) instead of α/r.
+    #[arg(num_args = 0..=1, default_missing_value = "true")]
+    use_rslora: bool = false;
+    /// Start from an existing PEFT LoRA adapter folder (implies --use-peft).
+    adapter: String = String::new();
 }
 
 /// Reads a `--config` file (`.yaml`/`.yml`, `.toml`, `.json`) into options.

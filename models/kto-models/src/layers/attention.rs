@@ -1,11 +1,12 @@
 //! Grouped-query self-attention with rotary positions, causal + padding masks and a KV cache.
 
-use burn::nn::{Linear, LinearConfig};
+use burn::nn::LinearConfig;
 use burn::prelude::*;
 use burn::tensor::FloatDType;
 use burn::tensor::activation::softmax;
 
 use super::RotaryTables;
+use super::lora::Projection;
 
 /// Configuration of an [`Attention`] block.
 #[derive(Config, Debug)]
@@ -36,7 +37,7 @@ impl AttentionConfig {
             self.n_kv_heads > 0 && self.n_heads.is_multiple_of(self.n_kv_heads),
             "n_heads must be a multiple of n_kv_heads"
         );
-        let proj = |d_in, d_out, bias| LinearConfig::new(d_in, d_out).with_bias(bias).init(device);
+        let proj = |d_in, d_out, bias| Projection::from(LinearConfig::new(d_in, d_out).with_bias(bias).init(device));
         Attention {
             q_proj: proj(self.d_model, self.n_heads * self.head_dim, self.qkv_bias),
             k_proj: proj(self.d_model, self.n_kv_heads * self.head_dim, self.qkv_bias),
@@ -53,13 +54,13 @@ impl AttentionConfig {
 #[derive(Module, Debug)]
 pub struct Attention {
     /// `[d_model, n_heads · head_dim]`
-    pub q_proj: Linear,
+    pub q_proj: Projection,
     /// `[d_model, n_kv_heads · head_dim]`
-    pub k_proj: Linear,
+    pub k_proj: Projection,
     /// `[d_model, n_kv_heads · head_dim]`
-    pub v_proj: Linear,
+    pub v_proj: Projection,
     /// `[n_heads · head_dim, d_model]`
-    pub o_proj: Linear,
+    pub o_proj: Projection,
     /// Query heads.
     pub n_heads: usize,
     /// Key/value heads.

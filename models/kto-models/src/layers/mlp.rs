@@ -1,8 +1,10 @@
 //! The SwiGLU feed-forward block of Llama and Qwen2.
 
-use burn::nn::{Linear, LinearConfig};
+use burn::nn::LinearConfig;
 use burn::prelude::*;
 use burn::tensor::activation::silu;
+
+use super::lora::Projection;
 
 /// Configuration of an [`Mlp`].
 #[derive(Config, Debug)]
@@ -19,7 +21,7 @@ pub struct MlpConfig {
 impl MlpConfig {
     /// A randomly initialised block on `device`.
     pub fn init(&self, device: &Device) -> Mlp {
-        let proj = |d_in, d_out| LinearConfig::new(d_in, d_out).with_bias(self.bias).init(device);
+        let proj = |d_in, d_out| Projection::from(LinearConfig::new(d_in, d_out).with_bias(self.bias).init(device));
         Mlp {
             gate_proj: proj(self.d_model, self.d_ff),
             up_proj: proj(self.d_model, self.d_ff),
@@ -32,11 +34,11 @@ impl MlpConfig {
 #[derive(Module, Debug)]
 pub struct Mlp {
     /// `[d_model, d_ff]` (burn layout; the checkpoint stores `[d_ff, d_model]`).
-    pub gate_proj: Linear,
+    pub gate_proj: Projection,
     /// `[d_model, d_ff]`.
-    pub up_proj: Linear,
+    pub up_proj: Projection,
     /// `[d_ff, d_model]`.
-    pub down_proj: Linear,
+    pub down_proj: Projection,
 }
 
 impl Mlp {
