@@ -71,8 +71,13 @@ impl KvCache {
 
 impl DecoderConfig {
     /// A randomly initialised model on `device` (for tests and benches; real weights come from
-    /// [`crate::load_model`]).
+    /// [`crate::load_model`]), initialised as transformers does: matrices `N(0, 0.02)`
+    /// (`initializer_range`), biases 0, norms 1. Seed the device for reproducible weights.
     pub fn init(&self, device: &Device) -> TransformerLm {
+        hf_init(self.init_raw(device))
+    }
+
+    fn init_raw(&self, device: &Device) -> TransformerLm {
         let norm = || RmsNormConfig::new(self.hidden_size).with_epsilon(self.rms_norm_eps).init(device);
         let layers = (0..self.num_layers)
             .map(|_| DecoderLayer {
@@ -269,4 +274,36 @@ fn cast_adapter(adapter: crate::layers::LoraAdapter, dtype: burn::tensor::DType)
         }
     };
     crate::layers::LoraAdapter { a: cast(adapter.a), b: cast(adapter.b), scale: adapter.scale }
+}
+
+/// transformers' `_init_weights` for Llama/Qwen2: every matrix `N(0, 0.02)`, every bias 0;
+/// norm weights keep their ones.
+fn hf_init(model: TransformerLm) -> TransformerLm {
+    struct Init {
+        path: Vec<String>,
+    }
+    impl burn::module::ModuleMapper for Init {
+        fn enter_module(&mut self, name: &str, _container_type: &str) {
+            self.path.push(name.to_string());
+        }
+        fn exit_module(&mut self, _name: &str, _container_type: &str) {
+            self.path.pop();
+        }
+        fn map_float<const D: usize>(
+            &mut self,
+            param: burn::module::Param<Tensor<D>>,
+        ) -> burn::module::Param<Tensor<D>> {
+            let (id, tensor, mapper) = param.consume();
+            let is_norm = self.path.iter().any(|p| p.contains("norm"));
+            let value = if D == 2 {
+                Tensor::random(tensor.shape(), burn::tensor::Distribution::Normal(0.0, 0.02), &tensor.device())
+            } else if is_norm {
+                tensor
+            } else {
+                tensor.zeros_like()
+            };
+            burn::module::Param::from_mapped_value(id, value, mapper)
+        }
+    }
+    model.map(&mut Init { path: Vec::new() })
 }
