@@ -17,6 +17,8 @@ pub enum Content {
     Text(String),
     /// Conversational format.
     Messages(Vec<Message>),
+    /// Pre-tokenized (`prompt_ids` / `completion_ids` columns): used as given, no EOS added.
+    Tokens(Vec<u32>),
 }
 
 impl Content {
@@ -24,6 +26,7 @@ impl Content {
         match self {
             Content::Text(s) => s.is_empty(),
             Content::Messages(m) => m.is_empty(),
+            Content::Tokens(t) => t.is_empty(),
         }
     }
 }
@@ -140,7 +143,15 @@ pub fn read_dataset(files: &[DataFile]) -> Result<Dataset> {
     let shape = shape_of(&first)?;
     let conversational =
         ["prompt", "completion", "chosen", "rejected"].iter().any(|k| is_conversational(first.value.get(k)));
-    let typer = Typer { first_at: first.at.clone(), shape, conversational };
+    let tokenized = first.value.get("completion_ids").is_some();
+    if tokenized && shape != RecordShape::Unpaired {
+        return Err(field_err(
+            &first.at,
+            "completion_ids",
+            "pre-tokenized rows must be unpaired (prompt_ids, completion_ids, label)",
+        ));
+    }
+    let typer = Typer { first_at: first.at.clone(), shape, conversational, tokenized };
     let mut examples = Vec::new();
     let mut block = Vec::new();
     for (row, record) in std::iter::once(Ok(first)).chain(iter).enumerate() {
@@ -199,6 +210,8 @@ struct Typer {
     first_at: Location,
     shape: RecordShape,
     conversational: bool,
+    /// Rows carry `prompt_ids` and `completion_ids` instead of text.
+    tokenized: bool,
 }
 
 fn field_err(at: &Location, field: &str, reason: impl Into<String>) -> Error {
@@ -267,7 +280,13 @@ impl Typer {
                 return Err(field_err(at, key, format!("mixes formats: {} is {kind}", self.first_at.seen_from(at))));
             }
         }
-        let content = |field: &str| self.content(at, field, object.get(field));
+        let content = |field: &str| {
+            if self.tokenized {
+                let ids = format!("{field}_ids");
+                return parse_ids(at, &ids, object.get(&ids)).map(Content::Tokens);
+            }
+            self.content(at, field, object.get(field))
+        };
         let prompt = match self.shape {
             RecordShape::PairedImplicit => None,
             _ => Some(content("prompt")?),
@@ -357,6 +376,22 @@ impl Typer {
     }
 }
 
+fn parse_ids(at: &Location, field: &str, v: Option<&Value>) -> Result<Vec<u32>> {
+    let v = v.ok_or_else(|| field_err(at, field, "missing"))?;
+    let items = v
+        .as_array()
+        .ok_or_else(|| field_err(at, field, format!("expected a list of token ids, found {}", found(v))))?;
+    items
+        .iter()
+        .enumerate()
+        .map(|(k, x)| {
+            x.as_u64()
+                .and_then(|id| u32::try_from(id).ok())
+                .ok_or_else(|| field_err(at, field, format!("item {k}: expected a token id, found {}", found(x))))
+        })
+        .collect()
+}
+
 fn parse_label(at: &Location, v: Option<&Value>) -> Result<bool> {
     match v {
         None => Err(field_err(at, "label", "missing")),
@@ -424,13 +459,13 @@ fn unpair_block(block: Vec<kto_core::PairedExample<Content, RowMeta>>, conversat
 fn into_messages(c: Content) -> Vec<Message> {
     match c {
         Content::Messages(m) => m,
-        Content::Text(_) => unreachable!("invariant: conversational records parse to messages"),
+        Content::Text(_) | Content::Tokens(_) => unreachable!("invariant: conversational records parse to messages"),
     }
 }
 
 fn into_text(c: Content) -> String {
     match c {
         Content::Text(s) => s,
-        Content::Messages(_) => unreachable!("invariant: standard records parse to text"),
+        Content::Messages(_) | Content::Tokens(_) => unreachable!("invariant: standard records parse to text"),
     }
 }

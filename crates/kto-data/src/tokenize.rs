@@ -215,6 +215,9 @@ fn encode_pair(ex: &Example, tokenizer: &HfTokenizer, eos: &str) -> Result<(Vec<
     let row_err =
         |field: &str, e: Error| Error::Record { at: ex.at.clone(), field: Some(field.into()), reason: e.to_string() };
     Ok(match (&ex.prompt, &ex.completion) {
+        (Content::Tokens(prompt), Content::Tokens(completion)) => {
+            (prompt.clone(), prompt.iter().chain(completion).copied().collect())
+        }
         (Content::Text(prompt), Content::Text(completion)) => {
             let completion = if completion.ends_with(eos) { completion.clone() } else { format!("{completion}{eos}") };
             (
@@ -315,6 +318,7 @@ fn messages(content: &Content) -> Vec<Message> {
     match content {
         Content::Messages(m) => m.clone(),
         Content::Text(t) => vec![Message::new("user", t.clone())],
+        Content::Tokens(_) => unreachable!("invariant: pre-tokenized rows never reach the chat template"),
     }
 }
 

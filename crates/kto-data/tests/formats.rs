@@ -132,3 +132,27 @@ fn tools_and_template_kwargs_reach_the_chat_template() {
         expected["prompt_ids"].as_array().expect("ids").iter().map(|v| v.as_u64().expect("id")).collect();
     assert_eq!(ids, want);
 }
+
+#[test]
+fn pre_tokenized_rows_pass_through_unchanged() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = dir.path().join("ids.jsonl");
+    std::fs::write(
+        &path,
+        "{\"prompt_ids\": [5, 6, 7], \"completion_ids\": [8, 9], \"label\": true}\n\
+         {\"prompt_ids\": [1], \"completion_ids\": [2, 3, 4], \"label\": 0}\n",
+    )
+    .expect("write");
+    let examples = read_jsonl(&path).expect("reads");
+    assert_eq!(examples[0].prompt, Content::Tokens(vec![5, 6, 7]));
+    let tokenizer = HfTokenizer::from_folder(&fixture("models/tiny-qwen2")).expect("tokenizer");
+    let rows = tokenize_examples(&examples, &tokenizer, &TokenizeConfig::trl(2)).expect("tokenizes").rows;
+    // No EOS is added and nothing is re-tokenized; KL pairs rotate as usual.
+    assert_eq!((rows[0].prompt_ids.clone(), rows[0].completion_ids.clone()), (vec![5, 6, 7], vec![8, 9]));
+    assert_eq!(rows[0].kl_completion_ids, Some(vec![2, 3, 4]));
+    assert_eq!(rows[1].kl_completion_ids, Some(vec![8, 9]));
+
+    std::fs::write(&path, "{\"prompt_ids\": [5, -1], \"completion_ids\": [8], \"label\": true}\n").expect("write");
+    let err = read_jsonl(&path).expect_err("negative id").to_string();
+    assert!(err.ends_with(":1: field \"prompt_ids\": item 1: expected a token id, found -1"), "{err}");
+}

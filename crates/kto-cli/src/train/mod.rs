@@ -404,6 +404,8 @@ fn run(c: &TrainConfig) -> Result<()> {
         warnings: &warnings,
         lora: lora.as_ref(),
         base_name: &c.model,
+        step_seconds: Vec::new(),
+        step_started: Instant::now(),
     };
     let outcome = kto_core::fit(&mut trainer, &fit_config, start, &mut hooks);
     hooks.progress.finish();
@@ -414,6 +416,7 @@ fn run(c: &TrainConfig) -> Result<()> {
 
     // Final model, summary, plots.
     let history = hooks.history;
+    let step_seconds = hooks.step_seconds;
     let policy = trainer.into_policy();
     match &lora {
         Some(config) => {
@@ -431,6 +434,7 @@ fn run(c: &TrainConfig) -> Result<()> {
         "dropped_rows": tokenized.dropped.len(),
         "train_runtime_s": runtime,
         "train_steps_per_second": (end.step - start.step) as f64 / runtime,
+        "step_seconds": step_seconds,
         "final": {"loss": last("loss"), "kl": last("kl"), "rewards/margins": last("rewards/margins")},
         "warnings": warnings,
         "device": c.device,
@@ -540,6 +544,9 @@ struct Hooks<'a> {
     warnings: &'a [String],
     lora: Option<&'a LoraConfig>,
     base_name: &'a str,
+    /// Wall time of each optimizer step of this run (data, four passes, backward, update).
+    step_seconds: Vec<f64>,
+    step_started: Instant,
 }
 
 impl FitHooks<TransformerLm> for Hooks<'_> {
@@ -555,6 +562,9 @@ impl FitHooks<TransformerLm> for Hooks<'_> {
     }
 
     fn on_step(&mut self, report: &StepReport, _position: &Position) {
+        let now = Instant::now();
+        self.step_seconds.push(now.duration_since(self.step_started).as_secs_f64());
+        self.step_started = now;
         self.progress.step(report);
     }
 
