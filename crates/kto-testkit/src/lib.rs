@@ -50,6 +50,18 @@ pub fn cpu_devices() -> Vec<(&'static str, Device)> {
     vec![("flex", Device::flex()), ("ndarray", ndarray)]
 }
 
+/// The devices of the model and log-prob parity tests: [`cpu_devices`], plus wgpu's default
+/// adapter when this crate's `wgpu` feature is on. On a machine without a GPU that is Mesa's
+/// software OpenGL; run with `VK_ICD_FILENAMES=/nonexistent XDG_RUNTIME_DIR=/tmp` so wgpu skips
+/// Vulkan (lavapipe crashes in burn's compute pipelines) and lands on GL.
+pub fn parity_devices() -> Vec<(&'static str, Device)> {
+    #[allow(unused_mut)]
+    let mut devices = cpu_devices();
+    #[cfg(feature = "wgpu")]
+    devices.push(("wgpu", Device::wgpu(burn::tensor::DeviceKind::DefaultDevice)));
+    devices
+}
+
 /// Root of the workspace: the nearest ancestor of the running test's package (cargo sets
 /// `CARGO_MANIFEST_DIR` when it runs a test) that holds `tests/fixtures`. Resolved at run time
 /// so a test binary never points at the checkout it happened to be compiled from.

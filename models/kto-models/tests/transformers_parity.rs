@@ -1,12 +1,13 @@
 //! Completion log-probs of the tiny Qwen2 and Llama fixtures against transformers (through TRL's
-//! `logps.jsonl`), on flex and ndarray, and after loading TRL's trained `final_model/` folders
+//! `logps.jsonl`), on flex and ndarray (and wgpu with `--features kto-testkit/wgpu`), in bf16
+//! against f32 on flex, and after loading TRL's trained `final_model/` folders
 //! (transformers-5 config layout).
 
 use burn::prelude::*;
 use burn::tensor::activation::log_softmax;
 use kto_core::{CausalLm, sequence_logps};
 use kto_models::{LoadOptions, TransformerLm, load_model};
-use kto_testkit::{CROSS_FRAMEWORK, assert_close, cpu_devices, fixture, read_jsonl};
+use kto_testkit::{CROSS_FRAMEWORK, assert_close, fixture, parity_devices, read_jsonl};
 use serde_json::Value;
 
 /// One scored row: token ids and the index of the first completion token.
@@ -61,7 +62,7 @@ fn logps(model: &TransformerLm, rows: &[Row], pad: i64, device: &Device) -> Vec<
 }
 
 fn check_case(case: &str, model_dir: &str, pad: i64, max_length: usize) {
-    for (backend, device) in cpu_devices() {
+    for (backend, device) in parity_devices() {
         let (_, model) = load_model(&fixture(model_dir), &device, &LoadOptions::default()).expect("fixture loads");
         let expected = read_jsonl(&format!("trl/{case}/logps.jsonl"));
         for (key, completion_key) in [("policy_logp", "completion_ids"), ("policy_KL_logp", "KL_completion_ids")] {
@@ -114,4 +115,34 @@ fn trained_final_models_in_transformers5_layout_match() {
             assert_close!(*g, e["logp"].as_f64().expect("logp"), CROSS_FRAMEWORK, "{case} final_model row {i}");
         }
     }
+}
+
+/// bf16 compute (weights, activations and matmul outputs in bf16; RMSNorm reductions,
+/// log-softmax and the sums in f32) against the f32 log-probs of the same model. bf16 keeps 8
+/// significant bits (relative rounding 2^-8 = 3.9e-3) and every layer's output is rounded again,
+/// so a sequence log-prob, a sum of picked logits minus log-sum-exps, moves relative to its size
+/// by a small multiple of 2^-8. Stated bound: `|bf16 - f32| <= 4 * 2^-8 * |f32|` per sequence
+/// (measured worst on tiny-qwen2: about 1.2 * 2^-8).
+const BF16_RELATIVE: f64 = 4.0 / 256.0;
+
+#[test]
+fn bf16_log_probs_track_f32_within_bf16_precision() {
+    let device = Device::flex();
+    let folder = fixture("models/tiny-qwen2");
+    let (_, f32_model) = load_model(&folder, &device, &LoadOptions::default()).expect("f32");
+    let options = LoadOptions { dtype: burn::tensor::FloatDType::BF16 };
+    let (_, bf16_model) = load_model(&folder, &device, &options).expect("flex computes in bf16");
+    let rows = rows("a_qwen_kto_sgd", "completion_ids", usize::MAX);
+    let exact = logps(&f32_model, &rows, 997, &device);
+    let half = logps(&bf16_model, &rows, 997, &device);
+    assert_eq!(half.len(), exact.len());
+    let mut worst: f64 = 0.0;
+    for (i, (h, e)) in half.iter().zip(&exact).enumerate() {
+        let relative = f64::from((h - e).abs()) / f64::from(e.abs());
+        worst = worst.max(relative);
+        assert!(relative <= BF16_RELATIVE, "row {i}: bf16 {h} vs f32 {e}: relative {relative:e}");
+    }
+    // Not vacuous: the bf16 model really rounds (the log-probs differ somewhere).
+    assert!(worst > 0.0, "bf16 and f32 agree bit for bit: the bf16 path did not run");
+    eprintln!("bf16 vs f32: worst relative difference {worst:e} ({:.2} x 2^-8)", worst * 256.0);
 }
