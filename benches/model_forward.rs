@@ -11,6 +11,9 @@ use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use kto::core::sequence_logps;
 use kto::models::DecoderConfig;
 
+#[path = "common/devices.rs"]
+mod devices;
+
 const BATCH: usize = 4;
 const PROMPT: usize = 64;
 const COMPLETION: usize = 128;
@@ -21,8 +24,7 @@ const BENCH_CONFIG: &str = include_str!("qwen2-40m-config.json");
 fn bench_forward(c: &mut Criterion) {
     let config = DecoderConfig::from_json(BENCH_CONFIG, Path::new("bench-config.json")).expect("valid config");
     let seq = PROMPT + COMPLETION;
-    #[allow(deprecated)]
-    let backends = [("flex", Device::flex()), ("ndarray", Device::ndarray())];
+    let backends = devices::bench_devices();
     let mut group = c.benchmark_group("forward_40m");
     group.sample_size(10);
     group.throughput(Throughput::Elements((BATCH * seq) as u64));

@@ -16,6 +16,9 @@ use kto::core::{
 };
 use kto::models::{DecoderConfig, TransformerLm};
 
+#[path = "common/devices.rs"]
+mod devices;
+
 const BATCH: usize = 4;
 const PROMPT: usize = 64;
 const COMPLETION: usize = 128;
@@ -49,8 +52,7 @@ fn bench(c: &mut Criterion) {
     let mut group = c.benchmark_group("train_step_40m");
     group.sample_size(10);
     group.throughput(Throughput::Elements((BATCH * (PROMPT + COMPLETION)) as u64));
-    #[allow(deprecated)]
-    let backends = [("flex", Device::flex()), ("ndarray", Device::ndarray())];
+    let backends = devices::bench_devices();
     for (name, device) in backends {
         device.seed(0);
         let train = device.clone().autodiff();
