@@ -14,6 +14,15 @@ pub struct SequenceBatch {
 }
 
 impl SequenceBatch {
+    /// The same tensors off the autodiff graph, on the inner device (what a frozen model reads).
+    pub fn inner(&self) -> Self {
+        Self {
+            input_ids: self.input_ids.clone().inner(),
+            attention_mask: self.attention_mask.clone().inner(),
+            completion_mask: self.completion_mask.clone().inner(),
+        }
+    }
+
     /// Builds the tensors from row-major host data of `batch × seq` entries.
     ///
     /// # Panics

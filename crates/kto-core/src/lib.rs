@@ -69,7 +69,10 @@ pub use error::{Error, Result};
 pub use fit::{EvalEvery, FitConfig, FitHooks, Position, fit};
 pub use kl::{KlEstimate, combine_device_kl, kl_estimate};
 pub use lm::CausalLm;
-pub use logps::{CompletionLogps, LogpsConfig, TokenStats, completion_logps, logps_from_hidden, sequence_logps};
+pub use logps::{
+    CompletionLogps, LogpsConfig, TokenStats, completion_logps, logps_from_hidden, paired_completion_logps,
+    sequence_logps, shared_prefix_len,
+};
 pub use loss::{KtoLoss, KtoLossConfig, LossType, kto_loss};
 pub use metrics::{Metric, MetricsAggregator, MicroBatchInputs, Mode, Reduction, RowTokenStats, microbatch_metrics};
 pub use optim::{

@@ -46,6 +46,34 @@ pub trait CausalLm {
     /// Width of [`project`](CausalLm::project)'s output.
     fn vocab_size(&self) -> usize;
 
+    /// Hidden states of two batches whose rows start with the same tokens, computing that shared
+    /// prefix once: `first` through `self` (differentiable under autodiff) and `second` through
+    /// `detached`, a copy of `self` on the inner, non-autodiff device (`self.clone().valid()`, or
+    /// `self` when it already is one). `second`'s states carry no graph.
+    ///
+    /// KTO scores each row's prompt twice, with its own completion and with its KL partner's;
+    /// [`crate::paired_completion_logps`] finds how many leading positions the two batches share
+    /// in every row and passes that as `shared`. A model with a key/value cache runs `first`
+    /// once, keeps the keys and values of positions `0..shared`, and runs only `second`'s
+    /// remaining positions on them. The default ignores `shared` and runs both batches in full,
+    /// which is always correct.
+    ///
+    /// # Shapes
+    /// - `first`: `([batch, seq_a], [batch, seq_a])`, ids and attention mask
+    /// - `second`: `([batch, seq_b], [batch, seq_b])`, ids and attention mask on `detached`'s device
+    /// - `shared`: positions `0..shared` have equal ids and masks in both, `shared < min(seq_a, seq_b)`
+    /// - returns: `([batch, seq_a, d_model], [batch, seq_b, d_model])`
+    fn hidden_states_sharing_prefix(
+        &self,
+        first: (Tensor<2, Int>, Tensor<2, Bool>),
+        detached: &Self,
+        second: (Tensor<2, Int>, Tensor<2, Bool>),
+        shared: usize,
+    ) -> (Tensor<3>, Tensor<3>) {
+        let _ = shared;
+        (self.hidden_states(first.0, first.1), detached.hidden_states(second.0, second.1))
+    }
+
     /// Full logits for every position. Convenient for inspection and generation; training code
     /// uses the chunked [`crate::completion_logps`] instead.
     ///

@@ -4,6 +4,7 @@ use burn::prelude::*;
 use burn::tensor::FloatDType;
 
 use crate::CausalLm;
+use crate::batch::SequenceBatch;
 
 /// How [`completion_logps`] slices the sequence axis.
 #[derive(Config, Debug)]
@@ -83,6 +84,58 @@ pub fn completion_logps<M: CausalLm + ?Sized>(
     burn::tensor::assert_shape!(completion_mask, [batch, seq]);
     let hidden = model.hidden_states(input_ids.clone(), attention_mask);
     logps_from_hidden(model, hidden, input_ids, completion_mask, config)
+}
+
+/// [`completion_logps`] of two batches whose rows share leading tokens, each prefix computed once
+/// (see [`CausalLm::hidden_states_sharing_prefix`]): KTO's matched and KL sequences, which pair
+/// each row's prompt with two completions. `first` is scored through `model` (differentiable
+/// under autodiff) with `first_config`; `second` through `detached`, a no-graph copy of `model`,
+/// with `second_config`.
+///
+/// The shared length is found here ([`shared_prefix_len`]), so any batches may be passed: with
+/// nothing in common both are simply run in full.
+///
+/// # Shapes
+/// - `first`: tensors on `model`'s device; `second`: tensors on `detached`'s device; equal batch
+/// - returns: `[batch]` log-probs of each
+pub fn paired_completion_logps<M: CausalLm>(
+    model: &M,
+    first: &SequenceBatch,
+    first_config: &LogpsConfig,
+    detached: &M,
+    second: &SequenceBatch,
+    second_config: &LogpsConfig,
+) -> (CompletionLogps, CompletionLogps) {
+    let shared = shared_prefix_len(first, second);
+    let (hidden_a, hidden_b) = model.hidden_states_sharing_prefix(
+        (first.input_ids.clone(), first.attention_mask.clone()),
+        detached,
+        (second.input_ids.clone(), second.attention_mask.clone()),
+        shared,
+    );
+    let a = logps_from_hidden(model, hidden_a, first.input_ids.clone(), first.completion_mask.clone(), first_config);
+    let b =
+        logps_from_hidden(detached, hidden_b, second.input_ids.clone(), second.completion_mask.clone(), second_config);
+    (a, b)
+}
+
+/// How many leading positions two batches share in every row: the longest `n` such that, for
+/// each row, ids and attention masks agree on positions `0..n`. Capped at `min(seq_a, seq_b) - 1`
+/// so both keep a position of their own; 0 when the batch sizes differ.
+pub fn shared_prefix_len(a: &SequenceBatch, b: &SequenceBatch) -> usize {
+    let [batch, seq_a] = a.input_ids.dims();
+    let [batch_b, seq_b] = b.input_ids.dims();
+    let n = seq_a.min(seq_b);
+    if batch != batch_b || n < 2 {
+        return 0;
+    }
+    let head = |t: &Tensor<2, Int>| t.clone().inner().slice([0..batch, 0..n]);
+    let head_mask = |t: &Tensor<2, Bool>| t.clone().inner().slice([0..batch, 0..n]).int();
+    let ids_equal = head(&a.input_ids).equal(head(&b.input_ids));
+    let masks_equal = head_mask(&a.attention_mask).equal(head_mask(&b.attention_mask));
+    let equal = ids_equal.bool_and(masks_equal).all_dim(0).into_data(); // [1, n]
+    let first_difference = equal.iter::<bool>().position(|same| !same).unwrap_or(n);
+    first_difference.min(n - 1)
 }
 
 /// The chunked scoring half of [`completion_logps`], for callers that already ran
@@ -338,5 +391,59 @@ mod tests {
         let through_model = gradient(estimate.kl);
         let constant = gradient(Tensor::from_floats([z0], &device));
         through_model.assert_approx_eq::<f32>(&constant, tolerance(EXACT_MATH));
+    }
+
+    #[test]
+    fn shared_prefix_is_the_shortest_common_start_over_rows() {
+        let device = kto_testkit::device();
+        let seqs = |ids: [[i64; 5]; 2], mask: [[bool; 5]; 2]| SequenceBatch {
+            input_ids: Tensor::from_ints(ids, &device),
+            attention_mask: Tensor::from_bool(TensorData::from(mask), &device),
+            completion_mask: Tensor::from_bool(TensorData::from([[false; 5]; 2]), &device),
+        };
+        let full = [[true; 5]; 2];
+        let a = seqs([[1, 2, 3, 4, 5], [6, 7, 8, 9, 1]], full);
+        // Row 0 agrees on 3 positions, row 1 on 2: the batch shares 2.
+        assert_eq!(shared_prefix_len(&a, &seqs([[1, 2, 3, 0, 0], [6, 7, 0, 0, 0]], full)), 2);
+        // Equal ids but a padded position in one of them ends the shared part there.
+        let padded = [[true, true, false, false, false], [true; 5]];
+        assert_eq!(shared_prefix_len(&a, &seqs([[1, 2, 3, 4, 5], [6, 7, 8, 9, 1]], padded)), 2);
+        // Identical batches keep one position of their own: 5 - 1.
+        assert_eq!(shared_prefix_len(&a, &a), 4);
+        // Different first tokens share nothing.
+        assert_eq!(shared_prefix_len(&a, &seqs([[0, 2, 3, 4, 5], [6, 7, 8, 9, 1]], full)), 0);
+    }
+
+    #[test]
+    fn paired_scoring_equals_two_plain_passes_for_a_model_without_a_cache() {
+        for (name, device) in cpu_devices() {
+            device.seed(3);
+            let lm = TinyLm::new(16, 8, &device);
+            let (ids, mask, completion) = batch(&device);
+            let a = SequenceBatch { input_ids: ids.clone(), attention_mask: mask.clone(), completion_mask: completion };
+            // The KL partner: the same prompts, the completions of the other row.
+            let b = SequenceBatch {
+                input_ids: Tensor::from_ints([[1, 2, 3, 8, 9, 10], [7, 8, 4, 5, 6, 0]], &device),
+                attention_mask: Tensor::from_bool(
+                    TensorData::from([[true; 6], [true, true, true, true, true, false]]),
+                    &device,
+                ),
+                completion_mask: Tensor::from_bool(
+                    TensorData::from([
+                        [false, false, false, true, true, true],
+                        [false, false, true, true, true, false],
+                    ]),
+                    &device,
+                ),
+            };
+            let config = LogpsConfig::new().with_chunk(2);
+            let (pa, pb) = paired_completion_logps(&lm, &a, &config, &lm, &b, &config);
+            let plain = |s: &SequenceBatch| {
+                completion_logps(&lm, s.input_ids.clone(), s.attention_mask.clone(), s.completion_mask.clone(), &config)
+            };
+            assert_eq!(pa.logps.into_data(), plain(&a).logps.into_data(), "{name}");
+            assert_eq!(pb.logps.into_data(), plain(&b).logps.into_data(), "{name}");
+            assert_eq!(pb.n_tokens.into_data().convert::<i64>(), TensorData::from([3i64, 3]), "{name}");
+        }
     }
 }

@@ -14,7 +14,7 @@ use crate::batch::{KtoBatch, SequenceBatch};
 use crate::error::{Error, Result};
 use crate::kl::kl_estimate;
 use crate::lm::CausalLm;
-use crate::logps::{CompletionLogps, LogpsConfig, completion_logps};
+use crate::logps::{CompletionLogps, LogpsConfig, completion_logps, paired_completion_logps};
 use crate::loss::{KtoLossConfig, kto_loss};
 use crate::metrics::{MetricsAggregator, MicroBatchInputs, Mode, Reduction, RowTokenStats, microbatch_metrics};
 use crate::optim::{Optimizer, OptimizerKind, Schedule, clip_factor, global_grad_norm};
@@ -242,6 +242,71 @@ impl<M: CausalLm + Module + Clone> Trainer<M> {
         }
     }
 
+    /// The reference's log-probs of a batch's matched sequences and, given the batch's KL
+    /// sequences (on the inner device), of those too: a model scores both in one prompt-sharing
+    /// pass; a precomputed reference reads them from the batch.
+    fn reference_pair(&self, batch: &KtoBatch, kl: Option<&SequenceBatch>) -> Result<(Tensor<1>, Option<Tensor<1>>)> {
+        match (&self.reference, kl) {
+            (Reference::Model(model), Some(kl)) => {
+                let config = &self.config.logps;
+                let (matched, kl) = paired_completion_logps(model, &batch.matched.inner(), config, model, kl, config);
+                Ok((matched.logps, Some(kl.logps)))
+            }
+            (_, kl) => {
+                let matched =
+                    self.reference_logps(&batch.matched, batch.reference_logps.as_ref(), "reference log-probs")?;
+                let kl = match kl {
+                    Some(kl) => {
+                        Some(self.reference_logps(kl, batch.reference_kl_logps.as_ref(), "reference KL log-probs")?)
+                    }
+                    None => None,
+                };
+                Ok((matched, kl))
+            }
+        }
+    }
+
+    /// The policy's log-probs of `matched` through `model` (with the token statistics; with a
+    /// graph when `model` is the autodiff policy) and, given KL sequences, theirs through
+    /// `frozen` (no graph), the shared prompts computed once.
+    fn policy_pair(
+        &self,
+        model: &M,
+        matched: &SequenceBatch,
+        frozen: &M,
+        kl: Option<&SequenceBatch>,
+    ) -> (CompletionLogps, Option<Tensor<1>>) {
+        let with_stats = self.config.logps.clone().with_token_stats(true);
+        match kl {
+            Some(kl) => {
+                let (matched, kl) =
+                    paired_completion_logps(model, matched, &with_stats, frozen, kl, &self.config.logps);
+                (matched, Some(kl.logps))
+            }
+            None => (
+                completion_logps(
+                    model,
+                    matched.input_ids.clone(),
+                    matched.attention_mask.clone(),
+                    matched.completion_mask.clone(),
+                    &with_stats,
+                ),
+                None,
+            ),
+        }
+    }
+
+    /// A batch's KL sequences on the inner device, when the loss uses a KL term.
+    fn kl_sequences(&self, batch: &KtoBatch) -> Result<Option<SequenceBatch>> {
+        if !self.config.loss.loss_type.uses_kl() {
+            return Ok(None);
+        }
+        let kl = batch.kl.as_ref().ok_or_else(|| Error::Settings {
+            reason: "the loss uses a KL term but a batch has no KL sequences".into(),
+        })?;
+        Ok(Some(kl.inner()))
+    }
+
     /// The no-graph KL pass of one micro-batch: the policy (a non-autodiff snapshot) and the
     /// reference on the KL sequences.
     fn kl_pass(&self, frozen: &M, batch: &KtoBatch) -> Result<Option<KlPass>> {
@@ -297,23 +362,21 @@ impl<M: CausalLm + Module + Clone> Trainer<M> {
         let mut accumulator = GradientsAccumulator::<M>::new();
         let mut step_loss = 0.0;
         for batch in micro_batches {
-            let estimate = match (&window_kl, self.config.loss.loss_type.uses_kl()) {
-                (Some(w), _) => Some(w.clone()),
-                (None, true) => {
-                    let pass = self.kl_pass(&frozen, batch)?.expect("the loss uses KL");
-                    Some(kl_estimate(pass.policy, pass.reference))
-                }
-                (None, false) => None,
+            // The micro-batch's own KL pass (unless the window's z₀ is used) shares each row's
+            // prompt with its matched sequence: the policy's KL log-probs come from the same
+            // forward as its graph, the reference's from one pass over both.
+            let kl_seqs = match window_kl {
+                Some(_) => None,
+                None => self.kl_sequences(batch)?,
             };
             let m = &batch.matched;
-            let policy: CompletionLogps = completion_logps(
-                &self.policy,
-                m.input_ids.clone(),
-                m.attention_mask.clone(),
-                m.completion_mask.clone(),
-                &self.config.logps.clone().with_token_stats(true),
-            );
-            let reference = self.reference_logps(m, batch.reference_logps.as_ref(), "reference log-probs")?;
+            let (policy, policy_kl) = self.policy_pair(&self.policy, m, &frozen, kl_seqs.as_ref());
+            let (reference, reference_kl) = self.reference_pair(batch, kl_seqs.as_ref())?;
+            let estimate = match (&window_kl, policy_kl, reference_kl) {
+                (Some(w), _, _) => Some(w.clone()),
+                (None, Some(policy_kl), Some(reference_kl)) => Some(kl_estimate(policy_kl, reference_kl)),
+                _ => None,
+            };
             let device = policy.logps.device();
             // Reference log-probs and z₀ stay off the autodiff graph: mixed with the policy's
             // tracked tensors they act as constants.
@@ -401,16 +464,11 @@ impl<M: CausalLm + Module + Clone> Trainer<M> {
         let mut metrics = MetricsAggregator::new();
         let mut num_tokens = 0.0;
         for batch in batches {
-            let estimate = self.kl_pass(&frozen, batch)?.map(|p| kl_estimate(p.policy, p.reference));
+            let kl_seqs = self.kl_sequences(batch)?;
             let m = &batch.matched;
-            let policy = completion_logps(
-                &frozen,
-                m.input_ids.clone().inner(),
-                m.attention_mask.clone().inner(),
-                m.completion_mask.clone().inner(),
-                &self.config.logps.clone().with_token_stats(true),
-            );
-            let reference = self.reference_logps(m, batch.reference_logps.as_ref(), "reference log-probs")?;
+            let (policy, policy_kl) = self.policy_pair(&frozen, &m.inner(), &frozen, kl_seqs.as_ref());
+            let (reference, reference_kl) = self.reference_pair(batch, kl_seqs.as_ref())?;
+            let estimate = policy_kl.zip(reference_kl).map(|(p, r)| kl_estimate(p, r));
             let device = policy.logps.device();
             let (kl, kl_host) = match &estimate {
                 Some(e) => (e.kl.clone(), (scalar(e.kl.clone()), scalar(e.unclamped.clone()))),
@@ -449,19 +507,18 @@ impl<M: CausalLm + Module + Clone> Trainer<M> {
 /// reference (the untrained policy in full fine-tuning) on the training batches before the
 /// first step, as TRL does at initialisation.
 pub fn reference_logps<M: CausalLm>(model: &M, batch: &KtoBatch, logps: &LogpsConfig) -> (Vec<f32>, Option<Vec<f32>>) {
-    let score = |s: &SequenceBatch| {
-        host_f32(
-            completion_logps(
-                model,
-                s.input_ids.clone().inner(),
-                s.attention_mask.clone().inner(),
-                s.completion_mask.clone().inner(),
-                logps,
-            )
-            .logps,
-        )
-    };
-    (score(&batch.matched), batch.kl.as_ref().map(score))
+    let matched = batch.matched.inner();
+    match &batch.kl {
+        Some(kl) => {
+            let (matched, kl) = paired_completion_logps(model, &matched, logps, model, &kl.inner(), logps);
+            (host_f32(matched.logps), Some(host_f32(kl.logps)))
+        }
+        None => {
+            let scored =
+                completion_logps(model, matched.input_ids, matched.attention_mask, matched.completion_mask, logps);
+            (host_f32(scored.logps), None)
+        }
+    }
 }
 
 fn scalar(t: Tensor<1>) -> f64 {

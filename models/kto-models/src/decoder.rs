@@ -67,6 +67,21 @@ impl KvCache {
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
+
+    /// The first `positions` cached positions of every layer, off the autodiff graph (on the
+    /// inner device).
+    pub fn detached_prefix(&self, positions: usize) -> Self {
+        let cut = |t: &Tensor<4>| {
+            let [batch, heads, _, head_dim] = t.dims();
+            t.clone().slice([0..batch, 0..heads, 0..positions, 0..head_dim]).inner()
+        };
+        let layers = self
+            .layers
+            .iter()
+            .map(|layer| layer.as_ref().map(|c| LayerCache { keys: cut(&c.keys), values: cut(&c.values) }))
+            .collect();
+        Self { layers }
+    }
 }
 
 impl DecoderConfig {
@@ -150,6 +165,28 @@ impl TransformerLm {
 impl CausalLm for TransformerLm {
     fn hidden_states(&self, input_ids: Tensor<2, Int>, attention_mask: Tensor<2, Bool>) -> Tensor<3> {
         self.forward_hidden(input_ids, attention_mask, None)
+    }
+
+    /// Runs `first` in full with a key/value cache, then `second`'s positions `shared..` on the
+    /// detached first `shared` cached positions: `second`'s prompt is not recomputed.
+    fn hidden_states_sharing_prefix(
+        &self,
+        (ids_a, mask_a): (Tensor<2, Int>, Tensor<2, Bool>),
+        detached: &Self,
+        (ids_b, mask_b): (Tensor<2, Int>, Tensor<2, Bool>),
+        shared: usize,
+    ) -> (Tensor<3>, Tensor<3>) {
+        let [batch, seq_b] = ids_b.dims();
+        if shared == 0 || shared >= seq_b {
+            return (self.hidden_states(ids_a, mask_a), detached.hidden_states(ids_b, mask_b));
+        }
+        let mut cache = KvCache::new();
+        let hidden_a = self.forward_hidden(ids_a, mask_a, Some(&mut cache)); // [batch, seq_a, d_model]
+        let d_model = hidden_a.dims()[2];
+        let mut prefix = cache.detached_prefix(shared);
+        let prefix_hidden = hidden_a.clone().slice([0..batch, 0..shared, 0..d_model]).inner();
+        let suffix = detached.forward_hidden(ids_b.slice([0..batch, shared..seq_b]), mask_b, Some(&mut prefix));
+        (hidden_a, Tensor::cat(vec![prefix_hidden, suffix], 1))
     }
 
     fn project(&self, hidden: Tensor<3>) -> Tensor<3> {

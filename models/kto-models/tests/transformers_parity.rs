@@ -1,13 +1,14 @@
 //! Completion log-probs of the tiny Qwen2 and Llama fixtures against transformers (through TRL's
 //! `logps.jsonl`), on flex and ndarray (and wgpu with `--features kto-testkit/wgpu`), in bf16
 //! against f32 on flex, and after loading TRL's trained `final_model/` folders
-//! (transformers-5 config layout).
+//! (transformers-5 config layout). The matched and KL sequences are also scored in one
+//! prompt-sharing pass (`paired_completion_logps`, the trainer's path) against the same values.
 
 use burn::prelude::*;
 use burn::tensor::activation::log_softmax;
-use kto_core::{CausalLm, sequence_logps};
+use kto_core::{CausalLm, LogpsConfig, SequenceBatch, paired_completion_logps, sequence_logps, shared_prefix_len};
 use kto_models::{LoadOptions, TransformerLm, load_model};
-use kto_testkit::{CROSS_FRAMEWORK, assert_close, fixture, parity_devices, read_jsonl};
+use kto_testkit::{CROSS_FRAMEWORK, EXACT_MATH, assert_close, fixture, parity_devices, read_jsonl};
 use serde_json::Value;
 
 /// One scored row: token ids and the index of the first completion token.
@@ -69,6 +70,46 @@ fn check_case(case: &str, model_dir: &str, pad: i64, max_length: usize) {
             let got = logps(&model, &rows(case, completion_key, max_length), pad, &device);
             for (i, (g, e)) in got.iter().zip(&expected).enumerate() {
                 assert_close!(*g, e[key].as_f64().expect("logp"), CROSS_FRAMEWORK, "{backend} {case} row {i} {key}");
+            }
+        }
+
+        // The trainer's path: each row's matched and KL sequences in one pass that computes the
+        // shared prompt once. Same values as above, against TRL's and against the separate passes.
+        let config = LogpsConfig::new().with_chunk(32);
+        let matched = rows(case, "completion_ids", max_length);
+        let kl = rows(case, "KL_completion_ids", max_length);
+        for (i, (m, k)) in matched.chunks(8).zip(kl.chunks(8)).enumerate() {
+            let sequences = |rows: &[Row]| {
+                let (input_ids, attention_mask, completion_mask) = batch(rows, pad, &device);
+                SequenceBatch { input_ids, attention_mask, completion_mask }
+            };
+            let (a, b) = (sequences(m), sequences(k));
+            let shared = shared_prefix_len(&a, &b);
+            let shortest_prompt = m.iter().map(|r| r.completion_start).min().expect("rows");
+            assert!(shared >= shortest_prompt, "{backend} {case} batch {i}: {shared} < {shortest_prompt} shared");
+            let (pa, pb) = paired_completion_logps(&model, &a, &config, &model, &b, &config);
+            let (pa, pb): (Vec<f32>, Vec<f32>) =
+                (pa.logps.into_data().iter().collect(), pb.logps.into_data().iter().collect());
+            for (r, (got_a, got_b)) in pa.iter().zip(&pb).enumerate() {
+                let row = i * 8 + r;
+                let e = &expected[row];
+                assert_close!(
+                    *got_a,
+                    e["policy_logp"].as_f64().expect("logp"),
+                    CROSS_FRAMEWORK,
+                    "{backend} {case} paired row {row}"
+                );
+                assert_close!(
+                    *got_b,
+                    e["policy_KL_logp"].as_f64().expect("logp"),
+                    CROSS_FRAMEWORK,
+                    "{backend} {case} paired KL row {row}"
+                );
+            }
+            let separate = |rows: &[Row]| logps(&model, rows, pad, &device);
+            for (got, alone) in pa.iter().zip(separate(m)).chain(pb.iter().zip(separate(k))) {
+                // Same arithmetic; only the KL suffix's matrix shapes differ.
+                assert_close!(*got, alone, EXACT_MATH, "{backend} {case} batch {i}: paired vs separate");
             }
         }
 
@@ -145,4 +186,31 @@ fn bf16_log_probs_track_f32_within_bf16_precision() {
     // Not vacuous: the bf16 model really rounds (the log-probs differ somewhere).
     assert!(worst > 0.0, "bf16 and f32 agree bit for bit: the bf16 path did not run");
     eprintln!("bf16 vs f32: worst relative difference {worst:e} ({:.2} x 2^-8)", worst * 256.0);
+}
+
+/// Gradients through the first batch of a prompt-sharing pair equal those of a plain pass: the
+/// cache only keeps the keys and values the forward computes anyway.
+#[test]
+fn prompt_sharing_keeps_the_policy_gradient() {
+    let device = Device::flex().autodiff();
+    let (_, model) = load_model(&fixture("models/tiny-qwen2"), &device, &LoadOptions::default()).expect("loads");
+    let frozen = model.clone().valid();
+    let rows_a = rows("a_qwen_kto_sgd", "completion_ids", usize::MAX);
+    let rows_b = rows("a_qwen_kto_sgd", "KL_completion_ids", usize::MAX);
+    let sequences = |rows: &[Row], device: &Device| {
+        let (input_ids, attention_mask, completion_mask) = batch(&rows[..4], 997, device);
+        SequenceBatch { input_ids, attention_mask, completion_mask }
+    };
+    let (a, b) = (sequences(&rows_a, &device), sequences(&rows_b, &device.clone().without_autodiff()));
+    assert!(shared_prefix_len(&a, &b) > 0, "the rows share their prompts");
+    let config = LogpsConfig::new();
+    let (paired, _) = paired_completion_logps(&model, &a, &config, &frozen, &b, &config);
+    let plain = kto_core::completion_logps(&model, a.input_ids, a.attention_mask, a.completion_mask, &config);
+    let q_proj = model.model.layers[0].self_attn.q_proj.linear.weight.val();
+    let (g_paired, g_plain) = (paired.logps.sum().backward(), plain.logps.sum().backward());
+    let (g_paired, g_plain) = (
+        q_proj.grad(&g_paired).expect("a gradient").into_data(),
+        q_proj.grad(&g_plain).expect("a gradient").into_data(),
+    );
+    assert_eq!(g_paired, g_plain);
 }
