@@ -50,15 +50,27 @@ pub fn cpu_devices() -> Vec<(&'static str, Device)> {
     vec![("flex", Device::flex()), ("ndarray", ndarray)]
 }
 
+/// Set to `1` to add wgpu's default adapter to [`parity_devices`].
+pub const WGPU_ENV: &str = "KTO_TEST_WGPU";
+
 /// The devices of the model and log-prob parity tests: [`cpu_devices`], plus wgpu's default
-/// adapter when this crate's `wgpu` feature is on. On a machine without a GPU that is Mesa's
-/// software OpenGL; run with `VK_ICD_FILENAMES=/nonexistent XDG_RUNTIME_DIR=/tmp` so wgpu skips
-/// Vulkan (lavapipe crashes in burn's compute pipelines) and lands on GL.
+/// adapter when `KTO_TEST_WGPU=1`. Opt-in because an adapter needs a GPU driver or Mesa; CI
+/// installs Mesa and sets it. On a machine without a GPU, also set
+/// `VK_ICD_FILENAMES=/nonexistent XDG_RUNTIME_DIR=/tmp` so wgpu skips Vulkan (lavapipe crashes in
+/// burn's compute pipelines) and lands on Mesa's software OpenGL.
+///
+/// # Panics
+/// When `KTO_TEST_WGPU=1` but this crate was built without its (default) `wgpu` feature: the
+/// request is never silently dropped.
 pub fn parity_devices() -> Vec<(&'static str, Device)> {
     #[allow(unused_mut)]
     let mut devices = cpu_devices();
-    #[cfg(feature = "wgpu")]
-    devices.push(("wgpu", Device::wgpu(burn::tensor::DeviceKind::DefaultDevice)));
+    if std::env::var(WGPU_ENV).is_ok_and(|v| v == "1") {
+        #[cfg(feature = "wgpu")]
+        devices.push(("wgpu", Device::wgpu(burn::tensor::DeviceKind::DefaultDevice)));
+        #[cfg(not(feature = "wgpu"))]
+        panic!("{WGPU_ENV}=1 but kto-testkit was built without its wgpu feature");
+    }
     devices
 }
 

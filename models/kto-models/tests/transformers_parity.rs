@@ -1,5 +1,5 @@
 //! Completion log-probs of the tiny Qwen2 and Llama fixtures against transformers (through TRL's
-//! `logps.jsonl`), on flex and ndarray (and wgpu with `--features kto-testkit/wgpu`), in bf16
+//! `logps.jsonl`), on flex and ndarray (and wgpu with `KTO_TEST_WGPU=1`), in bf16
 //! against f32 on flex, and after loading TRL's trained `final_model/` folders
 //! (transformers-5 config layout). The matched and KL sequences are also scored in one
 //! prompt-sharing pass (`paired_completion_logps`, the trainer's path) against the same values.
@@ -63,7 +63,10 @@ fn logps(model: &TransformerLm, rows: &[Row], pad: i64, device: &Device) -> Vec<
 }
 
 fn check_case(case: &str, model_dir: &str, pad: i64, max_length: usize) {
-    for (backend, device) in parity_devices() {
+    let devices = parity_devices();
+    // CI greps this line to prove the wgpu device ran.
+    eprintln!("{case} devices: {}", devices.iter().map(|(name, _)| *name).collect::<Vec<_>>().join(" "));
+    for (backend, device) in devices {
         let (_, model) = load_model(&fixture(model_dir), &device, &LoadOptions::default()).expect("fixture loads");
         let expected = read_jsonl(&format!("trl/{case}/logps.jsonl"));
         for (key, completion_key) in [("policy_logp", "completion_ids"), ("policy_KL_logp", "KL_completion_ids")] {
