@@ -1,6 +1,7 @@
 //! `kto train` end to end: TRL's case a from the command line and from a config file,
 //! interrupted-and-resumed equal to uninterrupted (bit-exact on the CPU), named errors for bad
-//! settings, and a NaN that stops the run with the last checkpoint intact.
+//! settings, a NaN that stops the run with the last checkpoint intact, and two data-parallel
+//! devices against one accumulating their batches.
 
 use std::path::Path;
 use std::process::{Command, Output};
@@ -103,6 +104,10 @@ fn bad_settings_are_errors_naming_the_key() {
     let stderr = String::from_utf8_lossy(&run(&with(case_a_args(&out), "--per-device-train-batch-size", "1")).stderr)
         .to_string();
     assert_eq!(stderr.trim(), format!("error: {}", kto_core::BATCH_SIZE_ONE_MESSAGE));
+    // Refused before the reference scores anything (no cache in the output folder).
+    let args = with(with(case_a_args(&out), "--precompute-ref-log-probs", "true"), "--shuffle", "true");
+    let stderr = String::from_utf8_lossy(&run(&args).stderr).to_string();
+    assert!(stderr.contains("`precompute_ref_log_probs` needs sequential batches"), "{stderr}");
     assert!(!out.exists(), "nothing is written for invalid settings");
 }
 
@@ -247,4 +252,82 @@ fn checkpoint_limit_latest_and_gradient_checkpointing() {
     let stderr = String::from_utf8_lossy(&result.stderr);
     assert!(result.status.success(), "{stderr}");
     assert!(stderr.contains("checkpoint-8 at step 8"), "{stderr}");
+}
+
+/// The flattened f32 weights of a saved model folder, by tensor name.
+fn weights(folder: &Path) -> Vec<(String, Vec<f32>)> {
+    kto_models::load_tensor_file(&folder.join("model.safetensors"))
+        .expect("model.safetensors")
+        .into_iter()
+        .map(|(name, _, values)| (name, values))
+        .collect()
+}
+
+#[test]
+fn two_devices_equal_one_device_accumulating_their_batches() {
+    // `--devices flex,flex`: each device takes its own batch of 4 (its own KL pairs), z₀ is the
+    // mean of the two devices' KL means, and the gradients are summed over devices. One device
+    // accumulating the same two batches per step with one z₀ over the window does the same
+    // arithmetic (equal batch sizes: the mean of the means is the window mean), in another
+    // order. SGD (case a's), not AdamW: AdamW divides each gradient by its own running size,
+    // so a parameter whose exact gradient is 0 (the key biases: a shift of every key leaves the
+    // softmax unchanged) moves by ±lr on float noise alone. Gradient checkpointing on: the
+    // replicas take the device's strategy.
+    let dir = tempfile::tempdir().expect("temp dir");
+    let base = |out: &Path| {
+        let args = with(with(case_a_args(out), "--device", "flex"), "--max-steps", "4");
+        with(with(args, "--gradient-checkpointing", "true"), "--save-steps", "2")
+    };
+    let (two, one) = (dir.path().join("two"), dir.path().join("one"));
+    let result = run(&with(base(&two), "--devices", "flex,flex"));
+    assert!(result.status.success(), "{}", String::from_utf8_lossy(&result.stderr));
+    let args = with(with(base(&one), "--gradient-accumulation-steps", "2"), "--kl-estimate", "accumulation_window");
+    let result = run(&args);
+    assert!(result.status.success(), "{}", String::from_utf8_lossy(&result.stderr));
+
+    let (w2, w1) = (weights(&two), weights(&one));
+    assert_eq!(w2.len(), w1.len());
+    for ((name, a), (_, b)) in w2.iter().zip(&w1) {
+        let worst = a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0f32, f32::max);
+        assert!(worst <= 1e-6, "{name}: {worst:e}");
+    }
+    let (m2, m1) = (read_jsonl_file(&two.join("metrics.jsonl")), read_jsonl_file(&one.join("metrics.jsonl")));
+    assert_eq!(m2.len(), 4);
+    for (a, b) in m2.iter().zip(&m1) {
+        // kl is a difference of sequence log-probs. The two runs score the policy's KL
+        // sequences through different forwards (on the cached prompt of the autodiff pass,
+        // against a plain no-graph pass), which agree to ~1e-7 relative on each log-prob; so it
+        // gets a floor of 1e-6 relative to the log-probs' size. (The rewards/* and logps/*
+        // means are not compared: two devices pool their rows per micro-step, as TRL's gather
+        // does, while one device logs the mean of its micro-batches' means.)
+        let logps =
+            ["logps/chosen", "logps/rejected"].map(|k| b[k].as_f64().expect(k).abs()).into_iter().fold(0.0, f64::max);
+        for key in ["loss", "kl", "num_tokens", "epoch", "step", "learning_rate"] {
+            let (x, y) = (a[key].as_f64().expect(key), b[key].as_f64().expect(key));
+            assert!((x - y).abs() <= 1e-6 * (y.abs().max(1.0) + logps), "{key}: {x} vs {y} (log-probs {logps})");
+        }
+    }
+    let summary: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(two.join("run_summary.json")).expect("summary")).expect("json");
+    assert_eq!(summary["devices"], 2);
+
+    // The data position counts micro-steps of two batches: resuming on one device is refused.
+    let state = two.join("checkpoint-2/trainer_state.json");
+    let state: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(state).expect("state")).expect("json");
+    assert_eq!((state["devices"].as_u64(), state["micro_batches"].as_u64()), (Some(2), Some(2)));
+    let result = run(&with(base(&two), "--resume-from-checkpoint", "latest"));
+    let stderr = String::from_utf8_lossy(&result.stderr);
+    assert!(!result.status.success() && stderr.contains("run on 2 device(s); resume it on 1"), "{stderr}");
+}
+
+#[test]
+fn ddp_outside_cuda_is_refused_before_anything_is_written() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let out = dir.path().join("run");
+    let args = with(with(case_a_args(&out), "--devices", "flex,flex"), "--ddp", "true");
+    let result = run(&args);
+    let stderr = String::from_utf8_lossy(&result.stderr);
+    assert!(!result.status.success(), "{stderr}");
+    assert!(stderr.contains("invalid value for `ddp`: needs --devices with two or more CUDA devices"), "{stderr}");
+    assert!(!out.exists(), "nothing is written for invalid settings");
 }

@@ -14,6 +14,15 @@ pub struct SequenceBatch {
 }
 
 impl SequenceBatch {
+    /// The same tensors on `device`.
+    pub fn to_device(&self, device: &Device) -> Self {
+        Self {
+            input_ids: self.input_ids.clone().to_device(device),
+            attention_mask: self.attention_mask.clone().to_device(device),
+            completion_mask: self.completion_mask.clone().to_device(device),
+        }
+    }
+
     /// The same tensors off the autodiff graph, on the inner device (what a frozen model reads).
     pub fn inner(&self) -> Self {
         Self {
@@ -58,4 +67,17 @@ pub struct KtoBatch {
     pub reference_logps: Option<Tensor<1>>,
     /// Precomputed reference log-probs of the KL sequences, when available. `[batch]`
     pub reference_kl_logps: Option<Tensor<1>>,
+}
+
+impl KtoBatch {
+    /// The same batch on `device` (a data-parallel worker's).
+    pub fn to_device(&self, device: &Device) -> Self {
+        Self {
+            matched: self.matched.to_device(device),
+            kl: self.kl.as_ref().map(|kl| kl.to_device(device)),
+            desirable: self.desirable.clone().to_device(device),
+            reference_logps: self.reference_logps.clone().map(|t| t.to_device(device)),
+            reference_kl_logps: self.reference_kl_logps.clone().map(|t| t.to_device(device)),
+        }
+    }
 }

@@ -26,7 +26,7 @@ pub enum EvalEvery {
 pub struct FitConfig {
     /// Optimizer steps to run in total.
     pub max_steps: u64,
-    /// Micro-batches in one epoch (`ceil(rows / per_device_train_batch_size)`).
+    /// Micro-batches in one epoch over all devices (`ceil(rows / per_device_train_batch_size)`).
     pub micro_batches_per_epoch: u64,
     /// Micro-batches per optimizer step; an epoch's last step takes what is left.
     pub gradient_accumulation_steps: u64,
@@ -41,9 +41,17 @@ pub struct FitConfig {
 }
 
 impl FitConfig {
-    /// transformers' steps per epoch: `ceil(micro_batches_per_epoch / gradient_accumulation_steps)`.
-    pub fn steps_per_epoch(micro_batches_per_epoch: u64, gradient_accumulation_steps: u64) -> u64 {
-        micro_batches_per_epoch.div_ceil(gradient_accumulation_steps.max(1))
+    /// Micro-steps in one epoch on `devices` data-parallel devices (one micro-batch per device
+    /// each; the last may leave devices idle): `ceil(micro_batches_per_epoch / devices)`, the
+    /// length of each device's share of the data.
+    pub fn micro_steps_per_epoch(micro_batches_per_epoch: u64, devices: u64) -> u64 {
+        micro_batches_per_epoch.div_ceil(devices.max(1))
+    }
+
+    /// transformers' steps per epoch:
+    /// `ceil(micro_steps_per_epoch / gradient_accumulation_steps)`.
+    pub fn steps_per_epoch(micro_batches_per_epoch: u64, gradient_accumulation_steps: u64, devices: u64) -> u64 {
+        Self::micro_steps_per_epoch(micro_batches_per_epoch, devices).div_ceil(gradient_accumulation_steps.max(1))
     }
 
     /// Total steps: `max_steps` when positive, else `ceil(num_train_epochs × steps_per_epoch)`.
@@ -52,25 +60,29 @@ impl FitConfig {
     }
 }
 
-/// Where a run is: optimizer steps done and micro-batches consumed (across epochs).
+/// Where a run is: optimizer steps done and micro-steps consumed (across epochs).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct Position {
     /// Optimizer steps done.
     pub step: u64,
-    /// Micro-batches consumed since the start of training.
+    /// Micro-steps consumed since the start of training: micro-batches on one device; on `N`
+    /// devices each micro-step takes up to `N` consecutive micro-batches, one per device.
     pub micro_batches: u64,
 }
 
 impl Position {
-    /// The fractional epoch transformers logs: micro-batches consumed / micro-batches per epoch.
-    pub fn epoch(&self, micro_batches_per_epoch: u64) -> f64 {
-        self.micro_batches as f64 / micro_batches_per_epoch.max(1) as f64
+    /// The fractional epoch transformers logs: micro-steps consumed / micro-steps per epoch
+    /// ([`FitConfig::micro_steps_per_epoch`]; the micro-batches per epoch on one device).
+    pub fn epoch(&self, micro_steps_per_epoch: u64) -> f64 {
+        self.micro_batches as f64 / micro_steps_per_epoch.max(1) as f64
     }
 }
 
 /// What the loop asks of its caller.
 pub trait FitHooks<M> {
-    /// Micro-batch `index` (0-based) of epoch `epoch` (0-based).
+    /// Micro-batch `index` (0-based, counted over all devices) of epoch `epoch` (0-based).
+    /// On `N` devices, micro-step `m` of an epoch hands batches `m·N .. m·N + N` to devices
+    /// `0 .. N` (accelerate's round-robin sharding), so every batch is used once.
     ///
     /// # Errors
     /// Whatever producing the batch can fail with.
@@ -106,21 +118,25 @@ pub trait FitHooks<M> {
 ///
 /// # Errors
 /// The first error of a step (a non-finite loss or gradient stops the run there) or of a hook.
-pub fn fit<M: CausalLm + Module + Clone>(
+pub fn fit<M: CausalLm + Module + Clone + Send + Sync>(
     trainer: &mut Trainer<M>,
     config: &FitConfig,
     start: Position,
     hooks: &mut impl FitHooks<M>,
 ) -> Result<Position> {
-    let per_epoch = config.micro_batches_per_epoch.max(1);
+    let batches = config.micro_batches_per_epoch.max(1);
+    let devices = trainer.devices() as u64;
+    let per_epoch = FitConfig::micro_steps_per_epoch(batches, devices);
     let ga = config.gradient_accumulation_steps.max(1);
     let mut position = start;
     while position.step < config.max_steps {
         let epoch = position.micro_batches / per_epoch;
         let index = position.micro_batches % per_epoch;
         let n = ga.min(per_epoch - index);
-        let micro = (0..n).map(|k| hooks.micro_batch(epoch, index + k)).collect::<Result<Vec<_>>>()?;
-        let report = trainer.train_step(&micro)?;
+        let micro = (index..index + n)
+            .map(|m| (m * devices..((m + 1) * devices).min(batches)).map(|b| hooks.micro_batch(epoch, b)).collect())
+            .collect::<Result<Vec<Vec<KtoBatch>>>>()?;
+        let report = trainer.train_step_parallel(&micro)?;
         position.step += 1;
         position.micro_batches += n;
         hooks.on_step(&report, &position);

@@ -76,8 +76,8 @@ pub use logps::{
 pub use loss::{KtoLoss, KtoLossConfig, LossType, kto_loss};
 pub use metrics::{Metric, MetricsAggregator, MicroBatchInputs, Mode, Reduction, RowTokenStats, microbatch_metrics};
 pub use optim::{
-    HostMoments, Optimizer, OptimizerKind, Schedule, ScheduleKind, clip_factor, global_grad_norm, mix_parameters,
-    parameters_by_path,
+    HostMoments, Optimizer, OptimizerKind, Schedule, ScheduleKind, clip_factor, gather_gradients, global_grad_norm,
+    mix_parameters, parameters_by_path,
 };
 pub use pairing::{kl_partners, kl_partners_chunked};
 pub use rng::SplitMix64;

@@ -11,7 +11,7 @@
 use std::collections::BTreeMap;
 
 use burn::module::{ModuleMapper, ModuleVisitor, Param};
-use burn::optim::GradientsParams;
+use burn::optim::{GradientsParams, MultiGradientsParams};
 use burn::prelude::*;
 
 use crate::error::{Error, Result};
@@ -200,6 +200,27 @@ fn decays(path: &[String]) -> bool {
             || seg == "norm"
             || seg.ends_with("_norm")
     })
+}
+
+/// Gathers the gradients of several devices (burn's [`MultiGradientsParams`]: each parameter's
+/// gradients summed, on one of the devices) into one [`GradientsParams`] on `device`, keyed by
+/// `module`'s parameters.
+pub fn gather_gradients<M: Module>(module: &M, mut grads: MultiGradientsParams, device: &Device) -> GradientsParams {
+    struct Gather<'a> {
+        from: &'a mut MultiGradientsParams,
+        into: GradientsParams,
+        device: &'a Device,
+    }
+    impl ModuleVisitor for Gather<'_> {
+        fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
+            if let Some((grad, _)) = self.from.remove::<D>(param.id) {
+                self.into.register(param.id, grad.to_device(self.device));
+            }
+        }
+    }
+    let mut gather = Gather { from: &mut grads, into: GradientsParams::new(), device };
+    module.visit(&mut gather);
+    gather.into
 }
 
 /// The global L2 norm of all gradients of `module` (torch's `clip_grad_norm_` total norm):

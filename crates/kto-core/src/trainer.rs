@@ -6,18 +6,19 @@
 //! The trainer holds no data and does no I/O: the caller hands it the micro-batches of each step
 //! (see `kto-data`) and reads back [`StepReport`]s and logged metrics.
 
-use burn::module::Module;
-use burn::optim::{GradientsAccumulator, GradientsParams};
+use burn::module::{Module, Param};
+use burn::optim::{GradientsAccumulator, GradientsParams, MultiGradientsParams};
 use burn::prelude::*;
+use burn::tensor::distributed::{DistributedConfig, DistributedContext, ReduceOperation};
 
 use crate::batch::{KtoBatch, SequenceBatch};
 use crate::error::{Error, Result};
-use crate::kl::kl_estimate;
+use crate::kl::{KlEstimate, combine_device_kl, kl_estimate};
 use crate::lm::CausalLm;
 use crate::logps::{CompletionLogps, LogpsConfig, completion_logps, paired_completion_logps};
 use crate::loss::{KtoLossConfig, kto_loss};
 use crate::metrics::{MetricsAggregator, MicroBatchInputs, Mode, Reduction, RowTokenStats, microbatch_metrics};
-use crate::optim::{Optimizer, OptimizerKind, Schedule, clip_factor, global_grad_norm};
+use crate::optim::{Optimizer, OptimizerKind, Schedule, clip_factor, gather_gradients, global_grad_norm};
 
 /// TRL's message when a KL loss runs with one row per device.
 pub const BATCH_SIZE_ONE_MESSAGE: &str = "Actual (not effective) batch size must be > 1. KTO will not work properly because \
@@ -130,7 +131,13 @@ pub struct StepReport {
 pub struct Trainer<M> {
     config: TrainerConfig,
     policy: M,
+    /// The policy's (autodiff) device: data-parallel device 0.
+    device: Device,
     reference: Reference<M>,
+    /// Data-parallel devices 1.. with their copies of the reference.
+    replicas: Vec<Replica<M>>,
+    /// Set by [`Self::with_ddp`]: the collective all-reduce of burn's DDP (NCCL on CUDA).
+    ddp: Option<std::sync::Arc<DistributedContext>>,
     optimizer: Optimizer,
     step: u64,
     num_tokens: f64,
@@ -140,25 +147,101 @@ pub struct Trainer<M> {
     last: Option<StepReport>,
 }
 
-/// Host copies of one micro-batch's KL pass.
+/// A data-parallel device beyond the first: its autodiff device and the reference living there.
+#[derive(Debug)]
+struct Replica<M> {
+    device: Device,
+    reference: Reference<M>,
+}
+
+/// Log-probs of one micro-batch's KL pass.
 struct KlPass {
     policy: Tensor<1>,
     reference: Tensor<1>,
 }
 
-impl<M: CausalLm + Module + Clone> Trainer<M> {
+/// One micro-batch's forward results on one device: the policy's (with its graph), the
+/// reference's, and the device's own KL estimate when its KL pairs were scored.
+struct Passes {
+    policy: CompletionLogps,
+    reference: Tensor<1>,
+    kl: Option<KlEstimate>,
+}
+
+/// What a device hands back from a step.
+struct WorkerOutcome {
+    grads: GradientsParams,
+    /// Σ of its micro-batches' `loss / total micro-batches`.
+    loss: f64,
+    /// Per micro-step, the host values behind the metrics (`None` where it had no batch).
+    rows: Vec<Option<HostRows>>,
+}
+
+/// Host copies of one micro-batch's per-row values, for the pooled metrics.
+struct HostRows {
+    /// `(z₀, unclamped)` the loss used.
+    kl: (f64, f64),
+    tokens: f64,
+    desirable: Vec<bool>,
+    policy_logps: Vec<f32>,
+    rewards: Vec<f32>,
+    entropy: Vec<f32>,
+    mean_logit: Vec<f32>,
+    n_tokens: Vec<i64>,
+}
+
+/// Where the devices meet to combine their KL means (TRL's `gather` of `kl_local`): one slot
+/// per device and round, and a barrier per round. Round 0 is the accumulation window's KL,
+/// round `j + 1` micro-step `j`'s.
+struct KlGather {
+    barrier: std::sync::Barrier,
+    slots: std::sync::Mutex<Vec<Vec<Option<f64>>>>,
+}
+
+impl KlGather {
+    fn new(devices: usize, rounds: usize) -> Self {
+        Self {
+            barrier: std::sync::Barrier::new(devices),
+            slots: std::sync::Mutex::new(vec![vec![None; devices]; rounds]),
+        }
+    }
+
+    /// Posts device `k`'s KL mean of `round` (`None`: no batch, no KL term, or failed) and
+    /// waits for the other devices.
+    fn publish(&self, round: usize, k: usize, value: Option<f64>) {
+        self.slots.lock().expect("KL slots")[round][k] = value;
+        self.barrier.wait();
+    }
+
+    /// `(kl, unclamped)` of a completed round: the mean of the posted means, clamped at 0
+    /// (`(0, 0)` when nothing was posted).
+    fn combined(&self, round: usize) -> (f64, f64) {
+        let posted: Vec<f64> = self.slots.lock().expect("KL slots")[round].iter().flatten().copied().collect();
+        if posted.is_empty() { (0.0, 0.0) } else { combine_device_kl(&posted) }
+    }
+}
+
+impl<M: CausalLm + Module + Clone + Send + Sync> Trainer<M> {
     /// A trainer starting at step 0. `policy` must live on an autodiff device; a reference model
     /// on its inner (non-autodiff) device.
     ///
     /// # Errors
-    /// As [`TrainerConfig::validate`].
+    /// As [`TrainerConfig::validate`]; a policy without parameters.
     pub fn new(config: TrainerConfig, policy: M, reference: Reference<M>) -> Result<Self> {
         config.validate()?;
         let optimizer = Optimizer::new(config.optimizer);
+        let device = policy
+            .devices()
+            .into_iter()
+            .next()
+            .ok_or_else(|| Error::Settings { reason: "the policy has no parameters".into() })?;
         Ok(Self {
             config,
             policy,
+            device,
             reference,
+            replicas: Vec::new(),
+            ddp: None,
             optimizer,
             step: 0,
             num_tokens: 0.0,
@@ -167,6 +250,65 @@ impl<M: CausalLm + Module + Clone> Trainer<M> {
             window_steps: 0,
             last: None,
         })
+    }
+
+    /// Data-parallel training: `devices` are the autodiff devices of workers 1.. (the policy's
+    /// own device is worker 0), e.g. `cuda:1`, `cuda:2`, or the same CPU device again in tests.
+    /// Each gets the policy at every step and a copy of the reference model now; see
+    /// [`Self::train_step_parallel`].
+    pub fn with_devices(mut self, devices: &[Device]) -> Self {
+        self.replicas = devices
+            .iter()
+            .map(|device| Replica { device: device.clone(), reference: self.reference_on(device) })
+            .collect();
+        self
+    }
+
+    /// [`Self::with_devices`] with burn's DDP instead of gathering gradients: every trainable
+    /// parameter of each device's policy is marked for a collective sum (`set_distributed`), so
+    /// each `backward` returns gradients already summed over the devices (NCCL's all-reduce on
+    /// CUDA), and device 0's gradients drive the single optimizer update. Devices without a
+    /// batch in a micro-step (the end of an epoch) run a zero-weighted backward so every device
+    /// takes part in every all-reduce.
+    ///
+    /// Only CUDA devices implement the collective (with the NCCL library present at run time);
+    /// burn panics on other backends, so callers check the devices first (`kto train --ddp`
+    /// does). `devices` are workers 1..; the policy's device is worker 0.
+    pub fn with_ddp(self, devices: &[Device]) -> Self {
+        let mut trainer = self.with_devices(devices);
+        let all: Vec<Device> = (0..trainer.devices()).map(|k| trainer.device_of(k)).collect();
+        let context = DistributedContext::init(all, DistributedConfig { all_reduce_op: ReduceOperation::Sum });
+        trainer.ddp = Some(std::sync::Arc::new(context));
+        trainer
+    }
+
+    /// Data-parallel devices (1 without [`Self::with_devices`]).
+    pub fn devices(&self) -> usize {
+        1 + self.replicas.len()
+    }
+
+    /// Worker `k`'s autodiff device.
+    fn device_of(&self, k: usize) -> Device {
+        match k {
+            0 => self.device.clone(),
+            k => self.replicas[k - 1].device.clone(),
+        }
+    }
+
+    /// The reference moved to `device`'s inner device.
+    fn reference_on(&self, device: &Device) -> Reference<M> {
+        match &self.reference {
+            Reference::Model(model) => Reference::Model(model.clone().to_device(&device.clone().without_autodiff())),
+            Reference::Precomputed => Reference::Precomputed,
+        }
+    }
+
+    /// Copies the reference to every replica again (after it changed).
+    fn refresh_replicas(&mut self) {
+        let references: Vec<Reference<M>> = self.replicas.iter().map(|r| self.reference_on(&r.device)).collect();
+        for (replica, reference) in self.replicas.iter_mut().zip(references) {
+            replica.reference = reference;
+        }
     }
 
     /// The settings.
@@ -211,12 +353,14 @@ impl<M: CausalLm + Module + Clone> Trainer<M> {
             let policy = crate::optim::parameters_by_path(&self.policy.clone().valid());
             let mixed = crate::optim::mix_parameters(reference.clone(), &policy, alpha);
             self.reference = Reference::Model(mixed);
+            self.refresh_replicas();
         }
     }
 
     /// Replaces the reference (resuming a run whose reference was synced).
     pub fn set_reference(&mut self, reference: Reference<M>) {
         self.reference = reference;
+        self.refresh_replicas();
     }
 
     /// Restores the position of a checkpointed run.
@@ -226,8 +370,14 @@ impl<M: CausalLm + Module + Clone> Trainer<M> {
         self.optimizer = optimizer;
     }
 
-    fn reference_logps(&self, seqs: &SequenceBatch, precomputed: Option<&Tensor<1>>, what: &str) -> Result<Tensor<1>> {
-        match &self.reference {
+    fn reference_logps(
+        &self,
+        reference: &Reference<M>,
+        seqs: &SequenceBatch,
+        precomputed: Option<&Tensor<1>>,
+        what: &str,
+    ) -> Result<Tensor<1>> {
+        match reference {
             Reference::Model(model) => Ok(completion_logps(
                 model,
                 seqs.input_ids.clone().inner(),
@@ -245,20 +395,32 @@ impl<M: CausalLm + Module + Clone> Trainer<M> {
     /// The reference's log-probs of a batch's matched sequences and, given the batch's KL
     /// sequences (on the inner device), of those too: a model scores both in one prompt-sharing
     /// pass; a precomputed reference reads them from the batch.
-    fn reference_pair(&self, batch: &KtoBatch, kl: Option<&SequenceBatch>) -> Result<(Tensor<1>, Option<Tensor<1>>)> {
-        match (&self.reference, kl) {
+    fn reference_pair_on(
+        &self,
+        reference: &Reference<M>,
+        batch: &KtoBatch,
+        kl: Option<&SequenceBatch>,
+    ) -> Result<(Tensor<1>, Option<Tensor<1>>)> {
+        match (reference, kl) {
             (Reference::Model(model), Some(kl)) => {
                 let config = &self.config.logps;
                 let (matched, kl) = paired_completion_logps(model, &batch.matched.inner(), config, model, kl, config);
                 Ok((matched.logps, Some(kl.logps)))
             }
             (_, kl) => {
-                let matched =
-                    self.reference_logps(&batch.matched, batch.reference_logps.as_ref(), "reference log-probs")?;
+                let matched = self.reference_logps(
+                    reference,
+                    &batch.matched,
+                    batch.reference_logps.as_ref(),
+                    "reference log-probs",
+                )?;
                 let kl = match kl {
-                    Some(kl) => {
-                        Some(self.reference_logps(kl, batch.reference_kl_logps.as_ref(), "reference KL log-probs")?)
-                    }
+                    Some(kl) => Some(self.reference_logps(
+                        reference,
+                        kl,
+                        batch.reference_kl_logps.as_ref(),
+                        "reference KL log-probs",
+                    )?),
                     None => None,
                 };
                 Ok((matched, kl))
@@ -307,110 +469,110 @@ impl<M: CausalLm + Module + Clone> Trainer<M> {
         Ok(Some(kl.inner()))
     }
 
-    /// The no-graph KL pass of one micro-batch: the policy (a non-autodiff snapshot) and the
-    /// reference on the KL sequences.
-    fn kl_pass(&self, frozen: &M, batch: &KtoBatch) -> Result<Option<KlPass>> {
-        if !self.config.loss.loss_type.uses_kl() {
+    /// The no-graph KL pass of one micro-batch (the accumulation window's): the policy (a
+    /// non-autodiff snapshot) and `reference` on the KL sequences. `None` without a KL term.
+    fn kl_pass_on(&self, reference: &Reference<M>, frozen: &M, batch: &KtoBatch) -> Result<Option<KlPass>> {
+        let Some(kl) = self.kl_sequences(batch)? else {
             return Ok(None);
-        }
-        let kl = batch.kl.as_ref().ok_or_else(|| Error::Settings {
-            reason: "the loss uses a KL term but a batch has no KL sequences".into(),
-        })?;
+        };
         let policy = completion_logps(
             frozen,
-            kl.input_ids.clone().inner(),
-            kl.attention_mask.clone().inner(),
-            kl.completion_mask.clone().inner(),
+            kl.input_ids.clone(),
+            kl.attention_mask.clone(),
+            kl.completion_mask.clone(),
             &self.config.logps,
         )
         .logps;
-        let reference = self.reference_logps(kl, batch.reference_kl_logps.as_ref(), "reference KL log-probs")?;
+        let reference =
+            self.reference_logps(reference, &kl, batch.reference_kl_logps.as_ref(), "reference KL log-probs")?;
         Ok(Some(KlPass { policy, reference }))
     }
 
     /// One optimizer step over `micro_batches` (normally `gradient_accumulation_steps` of them;
-    /// a shorter last step of an epoch is allowed, as transformers does).
+    /// a shorter last step of an epoch is allowed, as transformers does), on the policy's device.
     ///
     /// # Errors
     /// [`Error::NonFinite`] naming the step when the loss or the gradient norm is NaN or
     /// infinite (the policy is left as it was); configuration errors for batches that lack what
     /// the loss needs.
     pub fn train_step(&mut self, micro_batches: &[KtoBatch]) -> Result<StepReport> {
+        let micro_steps: Vec<Vec<KtoBatch>> = micro_batches.iter().map(|b| vec![b.clone()]).collect();
+        self.train_step_parallel(&micro_steps)
+    }
+
+    /// One optimizer step across the data-parallel devices ([`Self::with_devices`]).
+    /// `micro_steps[j][k]` is device `k`'s micro-batch of accumulation step `j`; a micro-step
+    /// may have fewer batches than devices (the end of an epoch), and the devices without one sit
+    /// it out.
+    ///
+    /// TRL's multi-process semantics: the KL pairs stay inside each device's batch; `z₀` of a
+    /// micro-step is the mean of the devices' KL means, clamped at 0, the same on every device;
+    /// each device's loss is its own batch mean, divided by the number of micro-batches in the
+    /// step, so the summed gradients are their mean; the logged metrics pool the rows of every
+    /// device (sums over counts) and `num_tokens` counts every device's tokens.
+    ///
+    /// Devices run on one thread each and meet once per micro-step to combine their KL means.
+    /// Their gradients are gathered with burn's [`MultiGradientsParams`] onto the policy's
+    /// device, where the global-norm clipping and the optimizer update happen once.
+    ///
+    /// # Errors
+    /// As [`Self::train_step`]; also a micro-step with no batch or more batches than devices.
+    pub fn train_step_parallel(&mut self, micro_steps: &[Vec<KtoBatch>]) -> Result<StepReport> {
         let step = self.step + 1;
-        if micro_batches.is_empty() {
+        let workers = self.devices();
+        if micro_steps.is_empty() {
             return Err(Error::Settings { reason: "an optimizer step needs at least one micro-batch".into() });
         }
+        if let Some(bad) = micro_steps.iter().find(|m| m.is_empty() || m.len() > workers) {
+            return Err(Error::Settings {
+                reason: format!("a micro-step has {} batches for {workers} device(s)", bad.len()),
+            });
+        }
         // transformers divides by the micro-batches this step actually has (the last step of an
-        // epoch may have fewer than gradient_accumulation_steps).
-        let ga = micro_batches.len() as f64;
-        let frozen = self.policy.clone().valid();
-        let window_kl = match self.config.kl_mode {
-            KlMode::AccumulationWindow if self.config.loss.loss_type.uses_kl() => {
-                let passes: Vec<KlPass> = micro_batches
-                    .iter()
-                    .map(|b| self.kl_pass(&frozen, b))
-                    .collect::<Result<Vec<_>>>()?
-                    .into_iter()
-                    .flatten()
-                    .collect();
-                let policy = Tensor::cat(passes.iter().map(|p| p.policy.clone()).collect(), 0);
-                let reference = Tensor::cat(passes.iter().map(|p| p.reference.clone()).collect(), 0);
-                Some(kl_estimate(policy, reference))
-            }
-            _ => None,
+        // epoch may have fewer than gradient_accumulation_steps); DDP then averages over
+        // devices: together, the mean over every micro-batch of the step.
+        let total = micro_steps.iter().map(Vec::len).sum::<usize>() as f64;
+        let policies: Vec<M> = (0..workers)
+            .map(|k| {
+                let policy = match k {
+                    0 => self.policy.clone(),
+                    k => self.policy.clone().fork(&self.replicas[k - 1].device),
+                };
+                // A fork does not carry the mark: set it on every step's copies.
+                if self.ddp.is_some() { mark_distributed(policy) } else { policy }
+            })
+            .collect();
+        let rounds = micro_steps.len() + 1;
+        let gather = KlGather::new(workers, rounds);
+        let run = |k: usize| self.worker(k, &policies[k], micro_steps, total, &gather);
+        let outcomes: Vec<Result<WorkerOutcome>> = if workers == 1 {
+            vec![run(0)]
+        } else {
+            std::thread::scope(|scope| {
+                let handles: Vec<_> = (0..workers).map(|k| scope.spawn(move || run(k))).collect();
+                handles.into_iter().map(|h| h.join().expect("a device worker panicked")).collect()
+            })
         };
-        let mut accumulator = GradientsAccumulator::<M>::new();
-        let mut step_loss = 0.0;
-        for batch in micro_batches {
-            // The micro-batch's own KL pass (unless the window's z₀ is used) shares each row's
-            // prompt with its matched sequence: the policy's KL log-probs come from the same
-            // forward as its graph, the reference's from one pass over both.
-            let kl_seqs = match window_kl {
-                Some(_) => None,
-                None => self.kl_sequences(batch)?,
-            };
-            let m = &batch.matched;
-            let (policy, policy_kl) = self.policy_pair(&self.policy, m, &frozen, kl_seqs.as_ref());
-            let (reference, reference_kl) = self.reference_pair(batch, kl_seqs.as_ref())?;
-            let estimate = match (&window_kl, policy_kl, reference_kl) {
-                (Some(w), _, _) => Some(w.clone()),
-                (None, Some(policy_kl), Some(reference_kl)) => Some(kl_estimate(policy_kl, reference_kl)),
-                _ => None,
-            };
-            let device = policy.logps.device();
-            // Reference log-probs and z₀ stay off the autodiff graph: mixed with the policy's
-            // tracked tensors they act as constants.
-            let (kl, kl_host) = match &estimate {
-                Some(e) => {
-                    let kl = e.kl.clone().inner();
-                    (kl.clone(), (scalar(kl), scalar(e.unclamped.clone())))
-                }
-                None => (Tensor::<1>::zeros([1], &device.clone().without_autodiff()), (0.0, 0.0)),
-            };
-            let out = kto_loss(&self.config.loss, policy.logps.clone(), reference, batch.desirable.clone(), kl);
-            let loss_value = scalar(out.loss.clone().inner());
-            if !loss_value.is_finite() {
-                return Err(Error::NonFinite { step, what: format!("loss {loss_value}") });
-            }
-            step_loss += loss_value / ga;
-            let grads = (out.loss / ga).backward();
-            accumulator.accumulate(&self.policy, GradientsParams::from_grads(grads, &self.policy));
+        let outcomes = outcomes.into_iter().collect::<Result<Vec<_>>>()?;
 
-            let tokens = m.attention_mask.clone().int().sum().inner().into_scalar::<i64>() as f64;
-            self.num_tokens += tokens;
-            let desirable = host_bools(batch.desirable.clone());
-            let policy_logps = host_f32(policy.logps.clone().inner());
-            let rewards = host_f32(out.rewards.inner());
-            let stats = policy.stats.as_ref().expect("token stats requested");
-            let (entropy, logits) =
-                (host_f32(stats.entropy_sum.clone().inner()), host_f32(stats.mean_logit_sum.clone().inner()));
-            let n_tokens = host_i64(policy.n_tokens.clone().inner());
+        // Metrics: per micro-step, the rows of every device pooled in device order.
+        let mut step_loss = 0.0;
+        for j in 0..micro_steps.len() {
+            let rows: Vec<&HostRows> = outcomes.iter().filter_map(|o| o.rows[j].as_ref()).collect();
+            self.num_tokens += rows.iter().map(|r| r.tokens).sum::<f64>();
+            let cat = |f: fn(&HostRows) -> &[f32]| rows.iter().flat_map(|r| f(r).iter().copied()).collect::<Vec<f32>>();
+            let desirable: Vec<bool> = rows.iter().flat_map(|r| r.desirable.iter().copied()).collect();
+            let n_tokens: Vec<i64> = rows.iter().flat_map(|r| r.n_tokens.iter().copied()).collect();
+            let (policy_logps, rewards) = (cat(|r| &r.policy_logps), cat(|r| &r.rewards));
+            let (entropy, logits) = (cat(|r| &r.entropy), cat(|r| &r.mean_logit));
+            // Every device used the same z₀ for this micro-step.
+            let (kl, kl_unclamped) = rows.first().map_or((0.0, 0.0), |r| r.kl);
             let metrics = microbatch_metrics(&MicroBatchInputs {
                 desirable: &desirable,
                 policy_logps: &policy_logps,
                 rewards: &rewards,
-                kl: kl_host.0,
-                kl_unclamped: kl_host.1,
+                kl,
+                kl_unclamped,
                 token_stats: Some(RowTokenStats {
                     entropy_sum: &entropy,
                     mean_logit_sum: &logits,
@@ -420,7 +582,24 @@ impl<M: CausalLm + Module + Clone> Trainer<M> {
             });
             self.metrics.record(Mode::Train, &metrics);
         }
-        let mut grads = accumulator.grads();
+        for o in &outcomes {
+            step_loss += o.loss;
+        }
+
+        let mut grads = match (workers, &self.ddp) {
+            // DDP: every device already holds the sum over devices.
+            (1, _) | (_, Some(_)) => outcomes.into_iter().next().expect("one worker").grads,
+            _ => {
+                let multi = MultiGradientsParams {
+                    grads: outcomes
+                        .into_iter()
+                        .enumerate()
+                        .map(|(k, o)| (o.grads, self.device_of(k).without_autodiff()))
+                        .collect(),
+                };
+                gather_gradients(&self.policy, multi, &self.device_of(0).without_autodiff())
+            }
+        };
         let grad_norm = global_grad_norm(&self.policy, &grads);
         if !grad_norm.is_finite() {
             return Err(Error::NonFinite { step, what: format!("gradient norm {grad_norm}") });
@@ -434,6 +613,156 @@ impl<M: CausalLm + Module + Clone> Trainer<M> {
         let report = StepReport { step, loss: step_loss, grad_norm, learning_rate: lr };
         self.last = Some(report);
         Ok(report)
+    }
+
+    /// Device `k`'s share of a step: for each micro-step where it has a batch, the policy and
+    /// reference passes, the KL exchange with the other devices, the loss and its backward.
+    /// Always takes part in every exchange, also after an error, so no device waits forever.
+    fn worker(
+        &self,
+        k: usize,
+        policy: &M,
+        micro_steps: &[Vec<KtoBatch>],
+        total: f64,
+        gather: &KlGather,
+    ) -> Result<WorkerOutcome> {
+        let device = self.device_of(k);
+        let reference = match k {
+            0 => &self.reference,
+            k => &self.replicas[k - 1].reference,
+        };
+        let frozen = policy.clone().valid();
+        let uses_kl = self.config.loss.loss_type.uses_kl();
+        let batches: Vec<Option<KtoBatch>> = micro_steps
+            .iter()
+            .map(|m| m.get(k).map(|b| if k == 0 { b.clone() } else { b.to_device(&device) }))
+            .collect();
+        let mut failure: Option<Error> = None;
+        let record = |result: Result<()>, failure: &mut Option<Error>| {
+            if let Err(e) = result
+                && failure.is_none()
+            {
+                *failure = Some(e);
+            }
+        };
+
+        // Round 0: the window's KL (accumulation_window), one mean per device.
+        let window = uses_kl && self.config.kl_mode == KlMode::AccumulationWindow;
+        let mut local = None;
+        if window {
+            let passes: Result<Vec<KlPass>> = batches
+                .iter()
+                .flatten()
+                .map(|b| self.kl_pass_on(reference, &frozen, b))
+                .filter_map(Result::transpose)
+                .collect();
+            match passes {
+                Ok(passes) if !passes.is_empty() => {
+                    let policy = Tensor::cat(passes.iter().map(|p| p.policy.clone()).collect(), 0);
+                    let reference = Tensor::cat(passes.iter().map(|p| p.reference.clone()).collect(), 0);
+                    local = Some(scalar(kl_estimate(policy, reference).unclamped));
+                }
+                Ok(_) => {}
+                Err(e) => record(Err(e), &mut failure),
+            }
+        }
+        gather.publish(0, k, local);
+
+        let mut accumulator = GradientsAccumulator::<M>::new();
+        let mut loss_sum = 0.0;
+        let mut rows = Vec::with_capacity(micro_steps.len());
+        for (j, batch) in batches.iter().enumerate() {
+            let round = j + 1;
+            // Forward passes; the policy's graph is kept until the loss is known.
+            let passes = match (batch, failure.is_none()) {
+                (Some(batch), true) => match self.forward_passes(policy, &frozen, reference, batch, window) {
+                    Ok(p) => Some(p),
+                    Err(e) => {
+                        record(Err(e), &mut failure);
+                        None
+                    }
+                },
+                _ => None,
+            };
+            let local = passes.as_ref().and_then(|p| p.kl.as_ref()).map(|kl| scalar(kl.unclamped.clone()));
+            gather.publish(round, k, local);
+            let z0 = match (uses_kl, window) {
+                (false, _) => (0.0, 0.0),
+                (true, true) => gather.combined(0),
+                (true, false) => gather.combined(round),
+            };
+            let (Some(passes), Some(batch)) = (passes, batch) else {
+                if self.ddp.is_some() {
+                    self.ddp_idle_backward(policy, micro_steps, j, &device);
+                }
+                rows.push(None);
+                continue;
+            };
+            let inner = device.clone().without_autodiff();
+            let kl = Tensor::<1>::from_floats([z0.0 as f32], &inner);
+            let out =
+                kto_loss(&self.config.loss, passes.policy.logps.clone(), passes.reference, batch.desirable.clone(), kl);
+            let loss_value = scalar(out.loss.clone().inner());
+            if !loss_value.is_finite() {
+                let step = self.step + 1;
+                record(Err(Error::NonFinite { step, what: format!("loss {loss_value}") }), &mut failure);
+                if self.ddp.is_some() {
+                    self.ddp_idle_backward(policy, micro_steps, j, &device);
+                }
+                rows.push(None);
+                continue;
+            }
+            loss_sum += loss_value / total;
+            let grads = (out.loss / total).backward();
+            accumulator.accumulate(policy, GradientsParams::from_grads(grads, policy));
+
+            let stats = passes.policy.stats.as_ref().expect("token stats requested");
+            rows.push(Some(HostRows {
+                kl: z0,
+                tokens: batch.matched.attention_mask.clone().int().sum().inner().into_scalar::<i64>() as f64,
+                desirable: host_bools(batch.desirable.clone()),
+                policy_logps: host_f32(passes.policy.logps.clone().inner()),
+                rewards: host_f32(out.rewards.inner()),
+                entropy: host_f32(stats.entropy_sum.clone().inner()),
+                mean_logit: host_f32(stats.mean_logit_sum.clone().inner()),
+                n_tokens: host_i64(passes.policy.n_tokens.clone().inner()),
+            }));
+        }
+        match failure {
+            Some(e) => Err(e),
+            None => Ok(WorkerOutcome { grads: accumulator.grads(), loss: loss_sum, rows }),
+        }
+    }
+
+    /// Under DDP, a device with nothing to contribute to micro-step `j` still joins its
+    /// all-reduce: a backward of zero times the log-probs of the micro-step's first batch
+    /// touches the same parameters and adds nothing.
+    fn ddp_idle_backward(&self, policy: &M, micro_steps: &[Vec<KtoBatch>], j: usize, device: &Device) {
+        let seqs = micro_steps[j][0].matched.to_device(device);
+        let logps =
+            completion_logps(policy, seqs.input_ids, seqs.attention_mask, seqs.completion_mask, &self.config.logps)
+                .logps;
+        let _ = (logps.sum() * 0.0).backward();
+    }
+
+    /// The policy pass (with graph) and the reference pass of one micro-batch, with the KL
+    /// sequences unless the window's `z₀` is used.
+    fn forward_passes(
+        &self,
+        policy: &M,
+        frozen: &M,
+        reference: &Reference<M>,
+        batch: &KtoBatch,
+        window: bool,
+    ) -> Result<Passes> {
+        // The micro-batch's own KL pass shares each row's prompt with its matched sequence: the
+        // policy's KL log-probs come from the same forward as its graph, the reference's from
+        // one pass over both.
+        let kl_seqs = if window { None } else { self.kl_sequences(batch)? };
+        let (policy_out, policy_kl) = self.policy_pair(policy, &batch.matched, frozen, kl_seqs.as_ref());
+        let (reference_out, reference_kl) = self.reference_pair_on(reference, batch, kl_seqs.as_ref())?;
+        let kl = policy_kl.zip(reference_kl).map(|(p, r)| kl_estimate(p, r));
+        Ok(Passes { policy: policy_out, reference: reference_out, kl })
     }
 
     /// The logged values since the previous call, with transformers' and TRL's keys: `loss`
@@ -467,7 +796,7 @@ impl<M: CausalLm + Module + Clone> Trainer<M> {
             let kl_seqs = self.kl_sequences(batch)?;
             let m = &batch.matched;
             let (policy, policy_kl) = self.policy_pair(&frozen, &m.inner(), &frozen, kl_seqs.as_ref());
-            let (reference, reference_kl) = self.reference_pair(batch, kl_seqs.as_ref())?;
+            let (reference, reference_kl) = self.reference_pair_on(&self.reference, batch, kl_seqs.as_ref())?;
             let estimate = policy_kl.zip(reference_kl).map(|(p, r)| kl_estimate(p, r));
             let device = policy.logps.device();
             let (kl, kl_host) = match &estimate {
@@ -521,6 +850,19 @@ pub fn reference_logps<M: CausalLm>(model: &M, batch: &KtoBatch, logps: &LogpsCo
     }
 }
 
+/// Marks every trainable parameter of `module` for burn's collective gradient reduction.
+fn mark_distributed<M: Module>(module: M) -> M {
+    struct Mark;
+    impl burn::module::ModuleMapper for Mark {
+        fn map_float<const D: usize>(&mut self, param: Param<Tensor<D>>) -> Param<Tensor<D>> {
+            let (id, tensor, mapper) = param.consume();
+            let tensor = if tensor.is_require_grad() { tensor.set_distributed(id) } else { tensor };
+            Param::from_mapped_value(id, tensor, mapper)
+        }
+    }
+    module.map(&mut Mark)
+}
+
 fn scalar(t: Tensor<1>) -> f64 {
     f64::from(t.inner().into_scalar::<f32>())
 }
@@ -543,6 +885,7 @@ mod tests {
     use crate::loss::LossType;
     use crate::optim::ScheduleKind;
     use crate::test_lm::TinyLm;
+    use std::collections::BTreeMap;
 
     fn config(batch: usize, ga: usize, kl_mode: KlMode) -> TrainerConfig {
         TrainerConfig {
@@ -674,5 +1017,192 @@ mod tests {
             let expected = policy[path].clone() * 0.25 + before[path].clone() * 0.75;
             mixed.to_data().assert_approx_eq::<f32>(&expected.into_data(), burn::tensor::Tolerance::absolute(1e-7));
         }
+    }
+
+    fn parameters(trainer: &Trainer<TinyLm>) -> BTreeMap<String, Vec<f32>> {
+        crate::optim::parameters_by_path(&trainer.policy().clone().valid())
+            .into_iter()
+            .map(|(path, t)| (path, t.into_data().iter::<f32>().collect()))
+            .collect()
+    }
+
+    fn assert_same_parameters(a: &Trainer<TinyLm>, b: &Trainer<TinyLm>, tolerance: f32) {
+        let (a, b) = (parameters(a), parameters(b));
+        assert_eq!(a.keys().collect::<Vec<_>>(), b.keys().collect::<Vec<_>>());
+        for (path, values) in &a {
+            let worst = values.iter().zip(&b[path]).map(|(x, y)| (x - y).abs()).fold(0.0f32, f32::max);
+            assert!(worst <= tolerance, "{path}: differs by {worst:e}");
+        }
+    }
+
+    fn logged(trainer: &mut Trainer<TinyLm>) -> BTreeMap<String, f64> {
+        trainer.log(1.0).into_iter().collect()
+    }
+
+    /// Weights within 1e-6 (the issue's bound): the two runs add the same per-row terms in a
+    /// different order (per device, then across devices).
+    const PARALLEL_WEIGHTS: f32 = 1e-6;
+
+    #[test]
+    fn two_devices_equal_one_device_accumulating_the_same_batches() {
+        // Two devices, one batch of 4 each per step, z₀ = mean of the two devices' KL means;
+        // one device accumulating the same two batches with one z₀ over the window: with equal
+        // batch sizes the mean of the device means is the window mean.
+        let (two, device) = trainer(config(4, 1, KlMode::MicroBatch));
+        let mut two = two.with_devices(std::slice::from_ref(&device));
+        let (mut one, _) = trainer(config(4, 2, KlMode::AccumulationWindow));
+        assert_eq!((two.devices(), one.devices()), (2, 1));
+        for step in 0..3 {
+            let (a, b) = (batch(4, 2 * step, &device), batch(4, 2 * step + 1, &device));
+            let r2 = two.train_step_parallel(&[vec![a.clone(), b.clone()]]).expect("two devices");
+            let r1 = one.train_step(&[a, b]).expect("one device");
+            assert!((r2.loss - r1.loss).abs() <= 1e-6, "step {step}: loss {} vs {}", r2.loss, r1.loss);
+            assert!((r2.grad_norm - r1.grad_norm).abs() <= 1e-6 * r1.grad_norm.max(1.0), "step {step}");
+            let (l2, l1) = (logged(&mut two), logged(&mut one));
+            for key in ["kl", "kl_unclamped", "rewards/chosen", "rewards/rejected", "logps/chosen", "num_tokens"] {
+                let (x, y) = (l2[key], l1[key]);
+                assert!((x - y).abs() <= 1e-6 * y.abs().max(1.0), "step {step} {key}: {x} vs {y}");
+            }
+        }
+        assert_same_parameters(&two, &one, PARALLEL_WEIGHTS);
+    }
+
+    #[test]
+    fn the_logged_kl_is_the_mean_of_the_device_means_and_rewards_pool_every_row() {
+        let (trainer, device) = trainer(config(4, 1, KlMode::MicroBatch));
+        let mut trainer = trainer.with_devices(&[device.clone(), device.clone()]);
+        // A first step moves the policy away from the reference (before it, every KL is 0).
+        let first: Vec<KtoBatch> = (0..3).map(|k| batch(4, k, &device)).collect();
+        trainer.train_step_parallel(&[first]).expect("three devices");
+        trainer.log(1.0);
+        let batches: Vec<KtoBatch> = (0..3).map(|k| batch(4, 10 + k, &device)).collect();
+        // Each device's own KL mean with the weights before the step: policy and reference
+        // log-probs of its KL sequences.
+        let frozen = trainer.policy().clone().valid();
+        let Reference::Model(reference) = trainer.reference().clone() else { unreachable!("a model") };
+        let means: Vec<f64> = batches
+            .iter()
+            .map(|b| {
+                let kl = b.kl.as_ref().expect("KL sequences").inner();
+                let score = |m: &TinyLm| {
+                    completion_logps(
+                        m,
+                        kl.input_ids.clone(),
+                        kl.attention_mask.clone(),
+                        kl.completion_mask.clone(),
+                        &LogpsConfig::new(),
+                    )
+                    .logps
+                };
+                scalar(kl_estimate(score(&frozen), score(&reference)).unclamped)
+            })
+            .collect();
+        assert!(means.iter().any(|m| *m != means[0]), "the devices' batches differ");
+        // TRL gathers the rewards of every device: Σ chosen rewards / number of chosen rows.
+        let (mut chosen_sum, mut chosen_count) = (0.0, 0.0);
+        for b in &batches {
+            let m = b.matched.inner();
+            let score = |lm: &TinyLm| {
+                let scored = completion_logps(
+                    lm,
+                    m.input_ids.clone(),
+                    m.attention_mask.clone(),
+                    m.completion_mask.clone(),
+                    &LogpsConfig::new(),
+                );
+                host_f32(scored.logps)
+            };
+            let (policy, reference) = (score(&frozen), score(&reference));
+            for ((p, r), desirable) in policy.iter().zip(&reference).zip(host_bools(b.desirable.clone())) {
+                if desirable {
+                    chosen_sum += 0.1 * f64::from(p - r); // β = 0.1
+                    chosen_count += 1.0;
+                }
+            }
+        }
+        trainer.train_step_parallel(&[batches]).expect("three devices");
+        let logged = logged(&mut trainer);
+        let chosen = chosen_sum / chosen_count;
+        assert!(
+            (logged["rewards/chosen"] - chosen).abs() <= 1e-6 * chosen.abs().max(1.0),
+            "{} vs {chosen}",
+            logged["rewards/chosen"]
+        );
+        let mean = means.iter().sum::<f64>() / 3.0;
+        assert!((logged["kl_unclamped"] - mean).abs() <= 1e-6, "{} vs {mean}", logged["kl_unclamped"]);
+        assert!((logged["kl"] - mean.max(0.0)).abs() <= 1e-6, "{} vs {}", logged["kl"], mean.max(0.0));
+    }
+
+    #[test]
+    fn a_short_last_micro_step_leaves_devices_idle_and_averages_what_ran() {
+        // Without a KL term each micro-batch's loss is independent: two devices over the
+        // micro-steps [b0, b1], [b2] equal one device accumulating b0, b1, b2 (each / 3).
+        let apo = |ga| TrainerConfig {
+            loss: KtoLossConfig::new().with_loss_type(LossType::ApoZeroUnpaired),
+            ..config(4, ga, KlMode::MicroBatch)
+        };
+        let (two, device) = trainer(apo(2));
+        let mut two = two.with_devices(std::slice::from_ref(&device));
+        let (mut one, _) = trainer(apo(3));
+        let b: Vec<KtoBatch> = (0..3).map(|k| batch(4, k, &device)).collect();
+        let r2 = two.train_step_parallel(&[vec![b[0].clone(), b[1].clone()], vec![b[2].clone()]]).expect("two devices");
+        let r1 = one.train_step(&b).expect("one device");
+        assert!((r2.loss - r1.loss).abs() <= 1e-6, "{} vs {}", r2.loss, r1.loss);
+        assert_same_parameters(&two, &one, PARALLEL_WEIGHTS);
+        let err = two.train_step_parallel(&[vec![b[0].clone(), b[1].clone(), b[2].clone()]]).expect_err("3 > 2");
+        assert!(err.to_string().contains("3 batches for 2 device(s)"), "{err}");
+    }
+
+    #[test]
+    fn a_failure_on_one_device_stops_the_step_without_a_deadlock() {
+        let (trainer, device) = trainer(config(4, 1, KlMode::MicroBatch));
+        let mut trainer = trainer.with_devices(std::slice::from_ref(&device));
+        let good = batch(4, 0, &device);
+        let broken = KtoBatch { kl: None, ..batch(4, 1, &device) };
+        let before = parameters(&trainer);
+        // Device 1 fails in its first micro-step; both devices still meet at every exchange.
+        let err = trainer
+            .train_step_parallel(&[vec![good.clone(), broken], vec![good.clone(), good]])
+            .expect_err("a batch without KL sequences");
+        assert!(err.to_string().contains("no KL sequences"), "{err}");
+        assert_eq!(trainer.steps(), 0);
+        assert_eq!(parameters(&trainer), before);
+    }
+
+    #[test]
+    fn fit_hands_each_device_its_own_batches_once_per_epoch() {
+        use crate::fit::{EvalEvery, FitConfig, FitHooks, Position, fit};
+        struct Recorder {
+            device: Device,
+            asked: Vec<(u64, u64)>,
+        }
+        impl FitHooks<TinyLm> for Recorder {
+            fn micro_batch(&mut self, epoch: u64, index: u64) -> Result<KtoBatch> {
+                self.asked.push((epoch, index));
+                Ok(batch(4, index as i64, &self.device))
+            }
+            fn on_log(&mut self, _values: &[(String, f64)]) -> Result<()> {
+                Ok(())
+            }
+        }
+        let (trainer, device) = trainer(config(4, 1, KlMode::MicroBatch));
+        let mut trainer = trainer.with_devices(std::slice::from_ref(&device));
+        // 5 batches on 2 devices: 3 micro-steps per epoch ([0, 1], [2, 3], [4]); 1 per step.
+        assert_eq!(FitConfig::micro_steps_per_epoch(5, 2), 3);
+        assert_eq!(FitConfig::steps_per_epoch(5, 1, 2), 3);
+        let config = FitConfig {
+            max_steps: 4,
+            micro_batches_per_epoch: 5,
+            gradient_accumulation_steps: 1,
+            logging_steps: 0,
+            eval_every: EvalEvery::Never,
+            save_steps: None,
+            sync_ref: None,
+        };
+        let mut hooks = Recorder { device, asked: Vec::new() };
+        let end = fit(&mut trainer, &config, Position::default(), &mut hooks).expect("fits");
+        assert_eq!(hooks.asked, vec![(0, 0), (0, 1), (0, 2), (0, 3), (0, 4), (1, 0), (1, 1)]);
+        assert_eq!(end, Position { step: 4, micro_batches: 4 });
+        assert!((end.epoch(3) - 4.0 / 3.0).abs() < 1e-12);
     }
 }

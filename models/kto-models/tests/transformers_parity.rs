@@ -63,10 +63,7 @@ fn logps(model: &TransformerLm, rows: &[Row], pad: i64, device: &Device) -> Vec<
 }
 
 fn check_case(case: &str, model_dir: &str, pad: i64, max_length: usize) {
-    let devices = parity_devices();
-    // CI greps this line to prove the wgpu device ran.
-    eprintln!("{case} devices: {}", devices.iter().map(|(name, _)| *name).collect::<Vec<_>>().join(" "));
-    for (backend, device) in devices {
+    for (backend, device) in parity_devices() {
         let (_, model) = load_model(&fixture(model_dir), &device, &LoadOptions::default()).expect("fixture loads");
         let expected = read_jsonl(&format!("trl/{case}/logps.jsonl"));
         for (key, completion_key) in [("policy_logp", "completion_ids"), ("policy_KL_logp", "KL_completion_ids")] {

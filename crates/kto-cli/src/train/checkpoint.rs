@@ -14,13 +14,20 @@ use kto_models::{
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+fn one() -> u64 {
+    1
+}
+
 /// `trainer_state.json`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct TrainerState {
     /// Optimizer steps done.
     pub global_step: u64,
-    /// Micro-batches consumed.
+    /// Micro-steps consumed (micro-batches per device).
     pub micro_batches: u64,
+    /// Data-parallel devices of the run (the data position depends on it).
+    #[serde(default = "one")]
+    pub devices: u64,
     /// Fractional epoch.
     pub epoch: f64,
     /// TRL's running `num_tokens`.

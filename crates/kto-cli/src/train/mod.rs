@@ -187,6 +187,20 @@ fn plan(c: &TrainConfig) -> Result<Plan> {
     if !(0.0..=1.0).contains(&c.ref_model_mixup_alpha) {
         return Err(invalid("ref_model_mixup_alpha", format!("{} (expected [0, 1])", c.ref_model_mixup_alpha)));
     }
+    if c.precompute_ref_log_probs && sampling != Sampling::Sequential && loss_type.uses_kl() {
+        bail!(
+            "`precompute_ref_log_probs` needs sequential batches with a KL loss (the KL pairs are fixed at preprocessing); drop `shuffle`/`group_by_length`"
+        );
+    }
+    if c.ddp {
+        let specs: Vec<&str> = c.devices.split(',').map(str::trim).filter(|s| !s.is_empty()).collect();
+        if specs.len() < 2 || !specs.iter().all(|s| *s == "cuda" || s.starts_with("cuda:")) {
+            return Err(invalid(
+                "ddp",
+                "needs --devices with two or more CUDA devices (burn's all-reduce exists only on CUDA); without it, --devices gathers gradients on any backend",
+            ));
+        }
+    }
     if c.sync_ref_model && c.precompute_ref_log_probs {
         bail!(
             "`sync_ref_model` cannot be combined with `precompute_ref_log_probs` (the reference changes during training)"
@@ -219,7 +233,11 @@ fn plan(c: &TrainConfig) -> Result<Plan> {
 fn run(c: &TrainConfig) -> Result<()> {
     let started = Instant::now();
     let plan = plan(c)?;
-    let device = crate::device::parse_device(&c.device)?;
+    let devices = match c.devices.trim() {
+        "" => vec![crate::device::parse_device(&c.device)?],
+        list => list.split(',').map(|spec| crate::device::parse_device(spec.trim())).collect::<Result<Vec<_>>>()?,
+    };
+    let device = devices[0].clone();
     let folder = model_folder(&c.model)?;
     let tokenizer = HfTokenizer::from_folder(&folder)
         .with_context(|| format!("loading the tokenizer from {}", folder.display()))?;
@@ -249,11 +267,14 @@ fn run(c: &TrainConfig) -> Result<()> {
 
     // Models.
     let load_options = LoadOptions { dtype: plan.dtype };
-    let train_device = if c.gradient_checkpointing {
-        device.clone().autodiff().gradient_checkpointing()
-    } else {
-        device.clone().autodiff()
+    let autodiff = |device: &Device| {
+        if c.gradient_checkpointing {
+            device.clone().autodiff().gradient_checkpointing()
+        } else {
+            device.clone().autodiff()
+        }
     };
+    let train_device = autodiff(&device);
     let output_dir = c.output_dir.clone();
     std::fs::create_dir_all(&output_dir).with_context(|| format!("creating {}", output_dir.display()))?;
     let resume = if c.resume_from_checkpoint.is_empty() {
@@ -325,11 +346,6 @@ fn run(c: &TrainConfig) -> Result<()> {
                     collate(chunk, &CollateConfig { kl: collate_config_kl_rows(&collate_config), ..collate_config });
                 kto_core::reference_logps(&reference, &batch.to_device(&device), &logps)
             })?;
-            if plan.sampling != Sampling::Sequential && plan.loss.loss_type.uses_kl() {
-                bail!(
-                    "`precompute_ref_log_probs` needs sequential batches with a KL loss (the KL pairs are fixed at preprocessing); drop `shuffle`/`group_by_length`"
-                );
-            }
             Reference::Precomputed
         } else {
             Reference::Model(reference)
@@ -339,7 +355,9 @@ fn run(c: &TrainConfig) -> Result<()> {
     // Schedule.
     let per_epoch = tokenized.rows.len().div_ceil(c.per_device_train_batch_size) as u64;
     let ga = c.gradient_accumulation_steps.max(1) as u64;
-    let steps_per_epoch = FitConfig::steps_per_epoch(per_epoch, ga);
+    let n_devices = devices.len() as u64;
+    let steps_per_epoch = FitConfig::steps_per_epoch(per_epoch, ga, n_devices);
+    let micro_steps_per_epoch = FitConfig::micro_steps_per_epoch(per_epoch, n_devices);
     let total_steps = FitConfig::total_steps(c.max_steps.max(0) as u64, c.num_train_epochs, steps_per_epoch);
     let schedule = Schedule {
         kind: plan.schedule_kind,
@@ -357,10 +375,20 @@ fn run(c: &TrainConfig) -> Result<()> {
         kl_mode: plan.kl_mode,
         logps: logps.clone(),
     };
-    let mut trainer = Trainer::new(trainer_config, policy, reference)?;
+    let replicas: Vec<Device> = devices[1..].iter().map(autodiff).collect();
+    let trainer = Trainer::new(trainer_config, policy, reference)?;
+    let mut trainer = if c.ddp { trainer.with_ddp(&replicas) } else { trainer.with_devices(&replicas) };
     let mut history = Vec::new();
     let start = match resume {
         Some(r) => {
+            if r.state.devices != n_devices {
+                bail!(
+                    "{}: the checkpoint was written by a run on {} device(s); resume it on {} (its data position counts micro-steps of that many batches)",
+                    r.folder.display(),
+                    r.state.devices,
+                    n_devices
+                );
+            }
             let position = r.position();
             eprintln!("resuming from {} at step {}", r.folder.display(), r.state.global_step);
             trainer.restore(r.state.global_step, r.state.num_tokens, r.optimizer);
@@ -393,6 +421,7 @@ fn run(c: &TrainConfig) -> Result<()> {
         sampling: plan.sampling,
         train_device: train_device.clone(),
         device: device.clone(),
+        devices: n_devices,
         order: None,
         history,
         metrics_path: metrics_path.clone(),
@@ -429,7 +458,7 @@ fn run(c: &TrainConfig) -> Result<()> {
     let last = |key: &str| history.iter().rev().find_map(|e| e.get(key).and_then(Value::as_f64));
     let summary = json!({
         "global_step": end.step,
-        "epoch": end.epoch(per_epoch),
+        "epoch": end.epoch(micro_steps_per_epoch),
         "train_rows": tokenized.rows.len(),
         "dropped_rows": tokenized.dropped.len(),
         "train_runtime_s": runtime,
@@ -437,7 +466,8 @@ fn run(c: &TrainConfig) -> Result<()> {
         "step_seconds": step_seconds,
         "final": {"loss": last("loss"), "kl": last("kl"), "rewards/margins": last("rewards/margins")},
         "warnings": warnings,
-        "device": c.device,
+        "device": if c.devices.is_empty() { c.device.clone() } else { c.devices.clone() },
+        "devices": n_devices,
         "kto_version": env!("CARGO_PKG_VERSION"),
     });
     std::fs::write(output_dir.join("run_summary.json"), serde_json::to_string_pretty(&summary)? + "\n")?;
@@ -532,6 +562,8 @@ struct Hooks<'a> {
     sampling: Sampling,
     train_device: Device,
     device: Device,
+    /// Data-parallel devices.
+    devices: u64,
     /// The current epoch's batches.
     order: Option<(u64, Vec<Vec<usize>>)>,
     history: Vec<Value>,
@@ -611,7 +643,11 @@ impl FitHooks<TransformerLm> for Hooks<'_> {
         let state = checkpoint::TrainerState {
             global_step: position.step,
             micro_batches: position.micro_batches,
-            epoch: position.epoch(self.rows.len().div_ceil(self.config.per_device_train_batch_size) as u64),
+            devices: self.devices,
+            epoch: position.epoch(FitConfig::micro_steps_per_epoch(
+                self.rows.len().div_ceil(self.config.per_device_train_batch_size) as u64,
+                self.devices,
+            )),
             num_tokens: trainer.num_tokens(),
             optimizer_steps: trainer.optimizer().steps(),
             log_history: self.history.clone(),

@@ -123,6 +123,13 @@ options! {
     bf16: bool = false;
     /// flex, ndarray, wgpu[:N] or cuda[:N] (as compiled in).
     device: String = "flex".into();
+    /// Data-parallel devices, comma-separated (cuda:0,cuda:1 or wgpu:0,wgpu:1); replaces
+    /// --device. Each takes its own per-device batch; the first also evaluates, logs and saves.
+    devices: String = String::new();
+    /// With --devices on CUDA: sum gradients with burn's DDP all-reduce (NCCL) during the
+    /// backward instead of gathering them on the first device.
+    #[arg(num_args = 0..=1, default_missing_value = "true")]
+    ddp: bool = false;
     /// micro_batch (TRL) or accumulation_window (one KL estimate per optimizer step).
     kl_estimate: String = "micro_batch".into();
     /// TR-DPO: mix the policy into the reference every --ref-model-sync-steps.
