@@ -318,6 +318,16 @@ fn two_devices_equal_one_device_accumulating_their_batches() {
     let result = run(&with(base(&two), "--resume-from-checkpoint", "latest"));
     let stderr = String::from_utf8_lossy(&result.stderr);
     assert!(!result.status.success() && stderr.contains("run on 2 device(s); resume it on 1"), "{stderr}");
+    // On two devices it resumes where it stopped: the same final weights, bit for bit.
+    let resumed = dir.path().join("resumed");
+    let args = with(
+        with(base(&resumed), "--devices", "flex,flex"),
+        "--resume-from-checkpoint",
+        path(&two.join("checkpoint-2")),
+    );
+    let result = run(&args);
+    assert!(result.status.success(), "{}", String::from_utf8_lossy(&result.stderr));
+    assert!(weights(&resumed) == weights(&two), "resumed on two devices: bit-identical weights");
 }
 
 #[test]
