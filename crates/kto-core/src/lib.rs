@@ -17,6 +17,8 @@
 //! | paired data to unpaired examples | [`unpair`], [`extract_prompt`] |
 //! | the eq. 8 weight heuristic | [`recommended_weight_ranges`], [`weight_warning`] |
 //! | metrics with TRL's semantics | [`microbatch_metrics`], [`MetricsAggregator`] |
+//! | matched and KL sequences sharing their prompts | [`paired_completion_logps`] |
+//! | the training step, on one device or data-parallel | [`Trainer`], [`Trainer::train_step_parallel`], [`fit`] |
 //!
 //! The numbers are TRL 1.16's: the tests replay TRL's own per-micro-batch log-probs and check
 //! the loss, KL, rewards and metrics it logged.
