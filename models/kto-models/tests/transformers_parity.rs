@@ -214,3 +214,36 @@ fn prompt_sharing_keeps_the_policy_gradient() {
     );
     assert_eq!(g_paired, g_plain);
 }
+
+/// The policy under autodiff and a reference with the same weights on the plain device give
+/// bit-identical matched and KL log-probs through the trainer's prompt-sharing pass, so TRL's
+/// exact `kl == 0` and zero rewards at step 1 are kto's too (issue #16, item 1: flex's fused
+/// softmax, which autodiff does not forward to, made them differ by ~1e-6).
+#[test]
+fn autodiff_policy_and_plain_reference_give_bit_identical_log_probs() {
+    for (backend, device) in parity_devices() {
+        for (case, model_dir, pad) in [
+            ("a_qwen_kto_sgd", "models/tiny-qwen2", 997),
+            ("c_llama_weighted_adamw_ga2_trunc", "models/tiny-llama", 899),
+        ] {
+            let train = device.clone().autodiff();
+            let (_, policy) = load_model(&fixture(model_dir), &train, &LoadOptions::default()).expect("loads");
+            let (_, reference) = load_model(&fixture(model_dir), &device, &LoadOptions::default()).expect("loads");
+            let frozen = policy.clone().valid();
+            let (rows_a, rows_b) = (rows(case, "completion_ids", 48), rows(case, "KL_completion_ids", 48));
+            let config = LogpsConfig::new().with_chunk(32);
+            for (m, k) in rows_a.chunks(4).zip(rows_b.chunks(4)) {
+                let sequences = |rows: &[Row], device: &Device| {
+                    let (input_ids, attention_mask, completion_mask) = batch(rows, pad, device);
+                    SequenceBatch { input_ids, attention_mask, completion_mask }
+                };
+                let (a, b) = (sequences(m, &train), sequences(k, &device));
+                let (pa, pb) = paired_completion_logps(&policy, &a, &config, &frozen, &b, &config);
+                let (ra, rb) = paired_completion_logps(&reference, &a.inner(), &config, &reference, &b, &config);
+                let bits = |t: Tensor<1>| t.inner().into_data().iter::<f32>().map(f32::to_bits).collect::<Vec<_>>();
+                assert_eq!(bits(pa.logps), bits(ra.logps), "{backend} {case}: matched log-probs");
+                assert_eq!(bits(pb.logps), bits(rb.logps), "{backend} {case}: KL log-probs");
+            }
+        }
+    }
+}

@@ -3,7 +3,6 @@
 use burn::nn::LinearConfig;
 use burn::prelude::*;
 use burn::tensor::FloatDType;
-use burn::tensor::activation::softmax;
 
 use super::RotaryTables;
 use super::lora::Projection;
@@ -131,10 +130,25 @@ impl Attention {
         let dtype = q.dtype();
         let scores = q.matmul(k.swap_dims(2, 3)).cast(FloatDType::F32) * (1.0 / (hd as f64).sqrt()); // [batch, n_heads, seq, total]
         let masked = attention_mask(key_mask, seq, past).expand([batch, h, seq, total]);
-        let probs = softmax(scores.mask_fill(masked, f32::NEG_INFINITY), 3).cast(dtype);
+        let probs = softmax_last(scores.mask_fill(masked, f32::NEG_INFINITY)).cast(dtype);
         let context = probs.matmul(v).swap_dims(1, 2).reshape([batch, seq, h * hd]); // [batch, seq, n_heads · head_dim]
         self.o_proj.forward(context)
     }
+}
+
+/// Softmax over the last axis from primitive ops (`exp(x - max) / Σ exp(x - max)`, the max
+/// detached).
+///
+/// Not burn's `activation::softmax`: flex has a fused softmax kernel that the autodiff backend
+/// does not forward to (it runs these same primitive ops instead), so the policy's forward under
+/// autodiff and the reference's plain forward would round differently, and a policy equal to its
+/// reference would log a KL of ~1e-6 instead of TRL's exact 0. Every primitive here runs the same
+/// kernel with and without autodiff.
+fn softmax_last(scores: Tensor<4>) -> Tensor<4> {
+    let max = scores.clone().detach().max_dim(3); // [batch, n_heads, seq, 1]
+    let exp = (scores - max).exp();
+    let sum = exp.clone().sum_dim(3);
+    exp / sum
 }
 
 /// `true` where a key must be hidden: `[batch, 1, seq, past + seq]`.
