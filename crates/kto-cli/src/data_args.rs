@@ -50,6 +50,7 @@ impl DataArgs {
             truncation_mode: TruncationMode::parse(&self.truncation_mode).map_err(anyhow::Error::msg)?,
             per_device_train_batch_size: self.per_device_train_batch_size,
             kl_pairs: self.loss_type()?.uses_kl(),
+            kl_window: None,
         };
         config.validate()?;
         Ok(config)

@@ -22,6 +22,17 @@ pub enum Error {
         /// What is wrong, naming the setting (TRL's name).
         reason: String,
     },
+    /// A data-parallel device (or the only device) panicked in its share of a step: out of
+    /// memory, a shape error, a backend failure. The other devices stopped at the next exchange.
+    #[error("device {device} ({name}) failed: {message}")]
+    DeviceFailed {
+        /// The worker index (0 is the policy's device).
+        device: usize,
+        /// The device, as burn names it.
+        name: String,
+        /// The panic's message.
+        message: String,
+    },
     /// The loss or the gradients became NaN or infinite.
     #[error("step {step}: {what} is not finite; training stopped (the last checkpoint is intact)")]
     NonFinite {

@@ -153,7 +153,8 @@ pub fn fit<M: CausalLm + Module + Clone + Send + Sync>(
         let epoch_ended = index + n == per_epoch;
         let evaluate = match config.eval_every {
             EvalEvery::Never => false,
-            EvalEvery::Steps(k) => k > 0 && step.is_multiple_of(k),
+            // transformers 5.24 also evaluates at the last step when it is not a multiple.
+            EvalEvery::Steps(k) => k > 0 && (step.is_multiple_of(k) || step == config.max_steps),
             EvalEvery::Epoch => epoch_ended,
         };
         if evaluate {

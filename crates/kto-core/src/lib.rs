@@ -81,7 +81,7 @@ pub use optim::{
     HostMoments, Optimizer, OptimizerKind, Schedule, ScheduleKind, clip_factor, gather_gradients, global_grad_norm,
     mix_parameters, parameters_by_path,
 };
-pub use pairing::{kl_partners, kl_partners_chunked};
+pub use pairing::{kl_partners, kl_partners_chunked, kl_partners_windowed, window_micro_batches};
 pub use rng::SplitMix64;
 pub use trainer::{BATCH_SIZE_ONE_MESSAGE, KlMode, Reference, StepReport, Trainer, TrainerConfig, reference_logps};
 pub use unpair::{

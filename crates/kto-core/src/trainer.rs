@@ -17,7 +17,7 @@ use crate::kl::{KlEstimate, combine_device_kl, kl_estimate};
 use crate::lm::CausalLm;
 use crate::logps::{CompletionLogps, LogpsConfig, completion_logps, paired_completion_logps};
 use crate::loss::{KtoLossConfig, kto_loss};
-use crate::metrics::{MetricsAggregator, MicroBatchInputs, Mode, Reduction, RowTokenStats, microbatch_metrics};
+use crate::metrics::{MetricsAggregator, MicroBatchInputs, Mode, RowTokenStats, microbatch_metrics};
 use crate::optim::{Optimizer, OptimizerKind, Schedule, clip_factor, gather_gradients, global_grad_norm};
 
 /// TRL's message when a KL loss runs with one row per device.
@@ -98,6 +98,15 @@ impl TrainerConfig {
         if self.loss.loss_type.uses_kl() && self.per_device_train_batch_size <= 1 && self.kl_mode == KlMode::MicroBatch
         {
             return bad(BATCH_SIZE_ONE_MESSAGE.into());
+        }
+        if self.loss.loss_type.uses_kl()
+            && self.kl_mode == KlMode::AccumulationWindow
+            && self.per_device_train_batch_size * self.gradient_accumulation_steps <= 1
+        {
+            return bad(
+                "kl_estimate accumulation_window needs at least two rows per window (per_device_train_batch_size × gradient_accumulation_steps >= 2): a window of one row pairs it with its own completion"
+                    .into(),
+            );
         }
         Ok(())
     }
@@ -550,15 +559,36 @@ impl<M: CausalLm + Module + Clone + Send + Sync> Trainer<M> {
         } else {
             std::thread::scope(|scope| {
                 let handles: Vec<_> = (0..workers).map(|k| scope.spawn(move || run(k))).collect();
-                handles.into_iter().map(|h| h.join().expect("a device worker panicked")).collect()
+                // Each worker catches its own panics (see `guarded`) and keeps meeting the
+                // others at every exchange, so a join never waits on a stuck device.
+                handles
+                    .into_iter()
+                    .enumerate()
+                    .map(|(k, h)| {
+                        h.join().unwrap_or_else(|payload| {
+                            Err(Error::DeviceFailed {
+                                device: k,
+                                name: format!("{:?}", self.device_of(k)),
+                                message: panic_message(payload.as_ref()),
+                            })
+                        })
+                    })
+                    .collect()
             })
         };
         let outcomes = outcomes.into_iter().collect::<Result<Vec<_>>>()?;
 
-        // Metrics: per micro-step, the rows of every device pooled in device order.
+        // Metrics: per micro-step, the rows of every device pooled in device order (TRL's one
+        // record per micro-batch). Under one KL estimate per window the window is the batch:
+        // one record of all its rows, as TRL's batch of `batch × GA` rows.
         let mut step_loss = 0.0;
-        for j in 0..micro_steps.len() {
-            let rows: Vec<&HostRows> = outcomes.iter().filter_map(|o| o.rows[j].as_ref()).collect();
+        let window = self.config.loss.loss_type.uses_kl() && self.config.kl_mode == KlMode::AccumulationWindow;
+        let groups: Vec<Vec<&HostRows>> = if window {
+            vec![(0..micro_steps.len()).flat_map(|j| outcomes.iter().filter_map(move |o| o.rows[j].as_ref())).collect()]
+        } else {
+            (0..micro_steps.len()).map(|j| outcomes.iter().filter_map(|o| o.rows[j].as_ref()).collect()).collect()
+        };
+        for rows in groups {
             self.num_tokens += rows.iter().map(|r| r.tokens).sum::<f64>();
             let cat = |f: fn(&HostRows) -> &[f32]| rows.iter().flat_map(|r| f(r).iter().copied()).collect::<Vec<f32>>();
             let desirable: Vec<bool> = rows.iter().flat_map(|r| r.desirable.iter().copied()).collect();
@@ -633,11 +663,17 @@ impl<M: CausalLm + Module + Clone + Send + Sync> Trainer<M> {
         };
         let frozen = policy.clone().valid();
         let uses_kl = self.config.loss.loss_type.uses_kl();
-        let batches: Vec<Option<KtoBatch>> = micro_steps
-            .iter()
-            .map(|m| m.get(k).map(|b| if k == 0 { b.clone() } else { b.to_device(&device) }))
-            .collect();
         let mut failure: Option<Error> = None;
+        let batches: Vec<Option<KtoBatch>> = guarded(k, &device, || {
+            Ok(micro_steps
+                .iter()
+                .map(|m| m.get(k).map(|b| if k == 0 { b.clone() } else { b.to_device(&device) }))
+                .collect())
+        })
+        .unwrap_or_else(|e| {
+            failure = Some(e);
+            vec![None; micro_steps.len()]
+        });
         let record = |result: Result<()>, failure: &mut Option<Error>| {
             if let Err(e) = result
                 && failure.is_none()
@@ -650,19 +686,22 @@ impl<M: CausalLm + Module + Clone + Send + Sync> Trainer<M> {
         let window = uses_kl && self.config.kl_mode == KlMode::AccumulationWindow;
         let mut local = None;
         if window {
-            let passes: Result<Vec<KlPass>> = batches
-                .iter()
-                .flatten()
-                .map(|b| self.kl_pass_on(reference, &frozen, b))
-                .filter_map(Result::transpose)
-                .collect();
-            match passes {
-                Ok(passes) if !passes.is_empty() => {
-                    let policy = Tensor::cat(passes.iter().map(|p| p.policy.clone()).collect(), 0);
-                    let reference = Tensor::cat(passes.iter().map(|p| p.reference.clone()).collect(), 0);
-                    local = Some(scalar(kl_estimate(policy, reference).unclamped));
+            let window_kl = guarded(k, &device, || {
+                let passes: Vec<KlPass> = batches
+                    .iter()
+                    .flatten()
+                    .map(|b| self.kl_pass_on(reference, &frozen, b))
+                    .filter_map(Result::transpose)
+                    .collect::<Result<_>>()?;
+                if passes.is_empty() {
+                    return Ok(None);
                 }
-                Ok(_) => {}
+                let policy = Tensor::cat(passes.iter().map(|p| p.policy.clone()).collect(), 0);
+                let reference = Tensor::cat(passes.iter().map(|p| p.reference.clone()).collect(), 0);
+                Ok(Some(scalar(kl_estimate(policy, reference).unclamped)))
+            });
+            match window_kl {
+                Ok(kl) => local = kl,
                 Err(e) => record(Err(e), &mut failure),
             }
         }
@@ -675,13 +714,15 @@ impl<M: CausalLm + Module + Clone + Send + Sync> Trainer<M> {
             let round = j + 1;
             // Forward passes; the policy's graph is kept until the loss is known.
             let passes = match (batch, failure.is_none()) {
-                (Some(batch), true) => match self.forward_passes(policy, &frozen, reference, batch, window) {
-                    Ok(p) => Some(p),
-                    Err(e) => {
-                        record(Err(e), &mut failure);
-                        None
+                (Some(batch), true) => {
+                    match guarded(k, &device, || self.forward_passes(policy, &frozen, reference, batch, window)) {
+                        Ok(p) => Some(p),
+                        Err(e) => {
+                            record(Err(e), &mut failure);
+                            None
+                        }
                     }
-                },
+                }
                 _ => None,
             };
             let local = passes.as_ref().and_then(|p| p.kl.as_ref()).map(|kl| scalar(kl.unclamped.clone()));
@@ -698,35 +739,45 @@ impl<M: CausalLm + Module + Clone + Send + Sync> Trainer<M> {
                 rows.push(None);
                 continue;
             };
-            let inner = device.clone().without_autodiff();
-            let kl = Tensor::<1>::from_floats([z0.0 as f32], &inner);
-            let out =
-                kto_loss(&self.config.loss, passes.policy.logps.clone(), passes.reference, batch.desirable.clone(), kl);
-            let loss_value = scalar(out.loss.clone().inner());
-            if !loss_value.is_finite() {
-                let step = self.step + 1;
-                record(Err(Error::NonFinite { step, what: format!("loss {loss_value}") }), &mut failure);
-                if self.ddp.is_some() {
-                    self.ddp_idle_backward(policy, micro_steps, j, &device);
+            let backward = guarded(k, &device, || {
+                let inner = device.clone().without_autodiff();
+                let kl = Tensor::<1>::from_floats([z0.0 as f32], &inner);
+                let policy_logps = passes.policy.logps.clone();
+                let out = kto_loss(&self.config.loss, policy_logps, passes.reference, batch.desirable.clone(), kl);
+                let loss_value = scalar(out.loss.clone().inner());
+                if !loss_value.is_finite() {
+                    let step = self.step + 1;
+                    return Err(Error::NonFinite { step, what: format!("loss {loss_value}") });
                 }
-                rows.push(None);
-                continue;
+                let grads = (out.loss / total).backward();
+                let grads = GradientsParams::from_grads(grads, policy);
+                let stats = passes.policy.stats.as_ref().expect("token stats requested");
+                let host = HostRows {
+                    kl: z0,
+                    tokens: batch.matched.attention_mask.clone().int().sum().inner().into_scalar::<i64>() as f64,
+                    desirable: host_bools(batch.desirable.clone()),
+                    policy_logps: host_f32(passes.policy.logps.clone().inner()),
+                    rewards: host_f32(out.rewards.inner()),
+                    entropy: host_f32(stats.entropy_sum.clone().inner()),
+                    mean_logit: host_f32(stats.mean_logit_sum.clone().inner()),
+                    n_tokens: host_i64(passes.policy.n_tokens.clone().inner()),
+                };
+                Ok((loss_value, grads, host))
+            });
+            match backward {
+                Ok((loss_value, grads, host)) => {
+                    loss_sum += loss_value / total;
+                    accumulator.accumulate(policy, grads);
+                    rows.push(Some(host));
+                }
+                Err(e) => {
+                    record(Err(e), &mut failure);
+                    if self.ddp.is_some() {
+                        self.ddp_idle_backward(policy, micro_steps, j, &device);
+                    }
+                    rows.push(None);
+                }
             }
-            loss_sum += loss_value / total;
-            let grads = (out.loss / total).backward();
-            accumulator.accumulate(policy, GradientsParams::from_grads(grads, policy));
-
-            let stats = passes.policy.stats.as_ref().expect("token stats requested");
-            rows.push(Some(HostRows {
-                kl: z0,
-                tokens: batch.matched.attention_mask.clone().int().sum().inner().into_scalar::<i64>() as f64,
-                desirable: host_bools(batch.desirable.clone()),
-                policy_logps: host_f32(passes.policy.logps.clone().inner()),
-                rewards: host_f32(out.rewards.inner()),
-                entropy: host_f32(stats.entropy_sum.clone().inner()),
-                mean_logit: host_f32(stats.mean_logit_sum.clone().inner()),
-                n_tokens: host_i64(passes.policy.n_tokens.clone().inner()),
-            }));
         }
         match failure {
             Some(e) => Err(e),
@@ -784,14 +835,17 @@ impl<M: CausalLm + Module + Clone + Send + Sync> Trainer<M> {
     }
 
     /// Evaluation over `batches` without gradients: TRL's metrics with the `eval_` prefix and
-    /// `eval_loss` (mean of the batches' losses).
+    /// `eval_loss` (the row-weighted mean of the batches' losses, as transformers gathers them);
+    /// `eval_num_tokens` is the train token count so far, as TRL logs it.
     ///
     /// # Errors
     /// As [`Self::train_step`] for batches that lack what the loss needs.
     pub fn evaluate(&self, batches: &[KtoBatch]) -> Result<Vec<(String, f64)>> {
         let frozen = self.policy.clone().valid();
         let mut metrics = MetricsAggregator::new();
-        let mut num_tokens = 0.0;
+        // transformers repeats each batch's loss `eval_batch_size` times and accelerate cuts the
+        // last batch's copies to its real rows: `eval_loss` is the row-weighted mean.
+        let (mut weighted_loss, mut rows) = (0.0, 0usize);
         for batch in batches {
             let kl_seqs = self.kl_sequences(batch)?;
             let m = &batch.matched;
@@ -804,8 +858,9 @@ impl<M: CausalLm + Module + Clone + Send + Sync> Trainer<M> {
                 None => (Tensor::<1>::zeros([1], &device), (0.0, 0.0)),
             };
             let out = kto_loss(&self.config.loss, policy.logps.clone(), reference, batch.desirable.clone().inner(), kl);
-            metrics.push(Mode::Eval, "loss", scalar(out.loss), Reduction::Mean);
-            num_tokens += m.attention_mask.clone().int().sum().inner().into_scalar::<i64>() as f64;
+            let n = batch.desirable.dims()[0];
+            weighted_loss += scalar(out.loss) * n as f64;
+            rows += n;
             let stats = policy.stats.as_ref().expect("token stats requested");
             let (entropy, logits) = (host_f32(stats.entropy_sum.clone()), host_f32(stats.mean_logit_sum.clone()));
             let n_tokens = host_i64(policy.n_tokens.clone());
@@ -823,11 +878,17 @@ impl<M: CausalLm + Module + Clone + Send + Sync> Trainer<M> {
                         mean_logit_sum: &logits,
                         n_tokens: &n_tokens,
                     }),
-                    num_tokens,
+                    // TRL's eval `num_tokens` is the train count so far: eval tokens never count.
+                    num_tokens: self.num_tokens,
                 }),
             );
         }
-        Ok(metrics.flush(Mode::Eval))
+        let mut values = metrics.flush(Mode::Eval);
+        if rows > 0 {
+            // TRL's value is a float32 mean.
+            values.insert(0, ("eval_loss".to_string(), f64::from((weighted_loss / rows as f64) as f32)));
+        }
+        Ok(values)
     }
 }
 
@@ -847,6 +908,24 @@ pub fn reference_logps<M: CausalLm>(model: &M, batch: &KtoBatch, logps: &LogpsCo
                 completion_logps(model, matched.input_ids, matched.attention_mask, matched.completion_mask, logps);
             (host_f32(scored.logps), None)
         }
+    }
+}
+
+/// Runs one piece of device `k`'s work, turning a panic (out of memory, a shape error, a
+/// backend failure) into [`Error::DeviceFailed`] naming the device, so the worker goes on to
+/// meet the other devices at every exchange instead of leaving them waiting forever.
+fn guarded<T>(k: usize, device: &Device, work: impl FnOnce() -> Result<T>) -> Result<T> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(work)).unwrap_or_else(|payload| {
+        Err(Error::DeviceFailed { device: k, name: format!("{device:?}"), message: panic_message(payload.as_ref()) })
+    })
+}
+
+/// The text of a panic's payload.
+fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
+    match (payload.downcast_ref::<&str>(), payload.downcast_ref::<String>()) {
+        (Some(s), _) => (*s).to_string(),
+        (_, Some(s)) => s.clone(),
+        _ => "a panic without a message".to_string(),
     }
 }
 
@@ -939,6 +1018,9 @@ mod tests {
         };
         assert!(apo.validate().is_ok(), "no KL term, no constraint");
         assert!(config(1, 4, KlMode::AccumulationWindow).validate().is_ok());
+        // A window of one row would pair it with itself.
+        let err = config(1, 1, KlMode::AccumulationWindow).validate().expect_err("one-row window");
+        assert!(err.to_string().contains("at least two rows per window"), "{err}");
     }
 
     #[test]
@@ -953,10 +1035,15 @@ mod tests {
         }
         let logged = trainer.log(1.0);
         let get = |k: &str| logged.iter().find(|(key, _)| key == k).map(|(_, v)| *v);
-        // With one row per micro-batch, rewards/margins needs both labels in one micro-batch, so
-        // it is absent; both class rewards are present (labels alternate across micro-batches).
-        assert!(get("rewards/chosen").is_some() && get("rewards/rejected").is_some());
-        assert_eq!(get("rewards/margins"), None);
+        // The window is the batch for the metrics too (one record per step, as TRL's batch of
+        // four rows): both labels are in every window (labels alternate across micro-batches),
+        // so each step has a margin, and the logged margin is chosen − rejected.
+        let (chosen, rejected) = (get("rewards/chosen").expect("chosen"), get("rewards/rejected").expect("rejected"));
+        let margin = get("rewards/margins").expect("every window has both labels");
+        assert!(
+            (margin - (chosen - rejected)).abs() <= 1e-6 * margin.abs().max(1.0),
+            "{margin} vs {chosen} - {rejected}"
+        );
         assert_eq!(get("step"), Some(3.0));
         // After training, the window's KL estimate is shared by its micro-batches: one value.
         assert!(get("kl").expect("kl").is_finite());
@@ -1167,6 +1254,35 @@ mod tests {
         assert!(err.to_string().contains("no KL sequences"), "{err}");
         assert_eq!(trainer.steps(), 0);
         assert_eq!(parameters(&trainer), before);
+    }
+
+    #[test]
+    fn a_panic_on_one_device_ends_the_step_with_an_error_naming_it() {
+        let (trainer, device) = trainer(config(4, 1, KlMode::MicroBatch));
+        let mut trainer = trainer.with_devices(&[device.clone(), device.clone()]);
+        let good = batch(4, 0, &device);
+        // A completion mask one position short: the log-prob shape assertion panics on device 1.
+        let mut broken = batch(4, 1, &device);
+        broken.matched.completion_mask = broken.matched.completion_mask.slice([0..4, 0..5]);
+        let before = parameters(&trainer);
+        for micro_steps in [
+            vec![vec![good.clone(), broken.clone(), good.clone()]],
+            vec![vec![good.clone(), broken.clone(), good.clone()], vec![good.clone(), good.clone(), good.clone()]],
+        ] {
+            let err = trainer.train_step_parallel(&micro_steps).expect_err("device 1 panics");
+            assert!(matches!(err, Error::DeviceFailed { device: 1, .. }), "{err}");
+            assert!(err.to_string().starts_with("device 1 ("), "{err}");
+            assert_eq!(trainer.steps(), 0);
+            assert_eq!(parameters(&trainer), before);
+        }
+        // On a single device the same panic is an error too.
+        let (mut single, _) = trainer_single();
+        let err = single.train_step(&[broken]).expect_err("panics");
+        assert!(matches!(err, Error::DeviceFailed { device: 0, .. }), "{err}");
+    }
+
+    fn trainer_single() -> (Trainer<TinyLm>, Device) {
+        trainer(config(4, 1, KlMode::MicroBatch))
     }
 
     #[test]

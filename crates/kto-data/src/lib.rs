@@ -34,5 +34,7 @@ pub use kto_core::{PairedExample, UnpairedExample};
 pub use reader::{Location, RawRecord, Unit, records};
 pub use record::{Content, Dataset, Example, RecordShape, load_dataset, read_dataset, read_jsonl};
 pub use source::{DataFile, FileFormat, cached_snapshot, hub_cache_dir, resolve_dataset};
-pub use tokenize::{DroppedRow, TokenizeConfig, Tokenized, TokenizedRow, TruncationMode, tokenize_examples};
+pub use tokenize::{
+    DroppedRow, KlWindow, TokenizeConfig, Tokenized, TokenizedRow, TruncationMode, check_vocabulary, tokenize_examples,
+};
 pub use tokenizer::{HfTokenizer, Message, TemplateInputs};

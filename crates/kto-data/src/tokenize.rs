@@ -46,6 +46,18 @@ pub struct TokenizeConfig {
     pub per_device_train_batch_size: usize,
     /// Build KL completions (`false` for `apo_zero_unpaired`).
     pub kl_pairs: bool,
+    /// One KL estimate per accumulation window (`kl_estimate: accumulation_window`): the pairs
+    /// rotate over each device's whole window instead of each batch. `None`: TRL's chunks.
+    pub kl_window: Option<KlWindow>,
+}
+
+/// The accumulation window KL pairs span ([`TokenizeConfig::kl_window`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct KlWindow {
+    /// Micro-batches per optimizer step.
+    pub gradient_accumulation_steps: usize,
+    /// Data-parallel devices (batches go round-robin to them).
+    pub devices: usize,
 }
 
 impl TokenizeConfig {
@@ -58,6 +70,7 @@ impl TokenizeConfig {
             truncation_mode: TruncationMode::KeepEnd,
             per_device_train_batch_size,
             kl_pairs: true,
+            kl_window: None,
         }
     }
 
@@ -72,6 +85,9 @@ impl TokenizeConfig {
         }
         if self.per_device_train_batch_size == 0 {
             return bad("per_device_train_batch_size must be at least 1".into());
+        }
+        if self.kl_window.is_some_and(|w| w.gradient_accumulation_steps == 0 || w.devices == 0) {
+            return bad("the KL window needs gradient_accumulation_steps and devices of at least 1".into());
         }
         match (self.max_prompt_length, self.max_length) {
             (Some(_), None) => bad("max_prompt_length needs max_length (the total budget)".into()),
@@ -158,7 +174,8 @@ pub struct Tokenized {
 ///   prompt is cut to that prefix (with a one-time warning when it loses tokens);
 /// - with `max_prompt_length` (classic TRL), over-long rows are cut (see [`TokenizeConfig`]);
 /// - rows whose prompt has `max_length` tokens or more are dropped, then KL completions rotate by
-///   one inside consecutive chunks of `per_device_train_batch_size` rows.
+///   one inside consecutive chunks of `per_device_train_batch_size` rows (or over each device's
+///   accumulation window, [`TokenizeConfig::kl_window`]).
 ///
 /// # Errors
 /// [`Error::Config`] for inconsistent lengths; `file:line: field "prompt": chat template: ...`
@@ -201,13 +218,48 @@ pub fn tokenize_examples(examples: &[Example], tokenizer: &HfTokenizer, config: 
         }
     }
     if config.kl_pairs {
-        let partners = kto_core::kl_partners_chunked(kept.len(), config.per_device_train_batch_size.max(1));
+        let batch = config.per_device_train_batch_size.max(1);
+        let partners = match config.kl_window {
+            None => kto_core::kl_partners_chunked(kept.len(), batch),
+            Some(w) => kto_core::kl_partners_windowed(kept.len(), batch, w.gradient_accumulation_steps, w.devices),
+        };
         let completions: Vec<Vec<u32>> = kept.iter().map(|r| r.completion_ids.clone()).collect();
         for (row, partner) in kept.iter_mut().zip(partners) {
             row.kl_completion_ids = Some(completions[partner].clone());
         }
     }
     Ok(Tokenized { rows: kept, dropped, order, prefix_warning, prefix_mismatches })
+}
+
+/// Checks every token id of the rows that reach the model against its vocabulary of
+/// `vocab_size` ids (its embedding table), so a pre-tokenized row or a tokenizer with tokens
+/// added past the table is refused by row and field instead of indexing out of range.
+///
+/// # Errors
+/// `file:line: field "prompt_ids": token id 1030 is outside the model's vocabulary (1024 ids)`
+/// (`prompt`/`completion` for text rows, whose ids the tokenizer made).
+pub fn check_vocabulary(tokenized: &Tokenized, examples: &[Example], vocab_size: usize) -> Result<()> {
+    assert_eq!(examples.len(), tokenized.order.len(), "invariant: one slot per example");
+    for (ex, slot) in examples.iter().zip(&tokenized.order) {
+        let Ok(k) = slot else { continue }; // dropped rows never reach the model
+        let row = &tokenized.rows[*k];
+        for (field, ids, content) in
+            [("prompt", &row.prompt_ids, &ex.prompt), ("completion", &row.completion_ids, &ex.completion)]
+        {
+            if let Some(&id) = ids.iter().find(|&&id| id as usize >= vocab_size) {
+                let field = match content {
+                    Content::Tokens(_) => format!("{field}_ids"),
+                    _ => field.to_string(),
+                };
+                return Err(Error::Record {
+                    at: ex.at.clone(),
+                    field: Some(field),
+                    reason: format!("token id {id} is outside the model's vocabulary ({vocab_size} ids)"),
+                });
+            }
+        }
+    }
+    Ok(())
 }
 
 /// The prompt and prompt + completion token ids of one example, untruncated.
