@@ -6,6 +6,9 @@ use std::process::Command;
 use kto_testkit::{CROSS_FRAMEWORK, assert_close, fixture, read_json, read_jsonl};
 use serde_json::Value;
 
+mod common;
+use common::{case_a_args, with};
+
 fn check(case: &str, model: &str) {
     let summary = read_json(&format!("trl/{case}/summary.json"));
     let cfg = &summary["kto_config"];
@@ -32,7 +35,7 @@ fn check(case: &str, model: &str) {
             ("logps", "policy_logp"),
             ("ref_logps", "ref_logp"),
             ("kl_logps", "policy_KL_logp"),
-            ("ref_kl_logps", "ref_KL_logp"),
+            ("ref_KL_logps", "ref_KL_logp"),
         ] {
             let got = o[key].as_f64().unwrap_or_else(|| panic!("{key}"));
             let want = t[trl_key].as_f64().unwrap_or_else(|| panic!("{trl_key}"));
@@ -49,4 +52,60 @@ fn logps_match_trl_for_qwen() {
 #[test]
 fn logps_match_trl_for_llama_with_max_length_48() {
     check("c_llama_weighted_adamw_ga2_trunc", "models/tiny-llama");
+}
+
+/// `kto logps --ref-model` output is a pre-tokenized dataset with TRL's reference columns:
+/// `kto train` on it loads no reference model and logs TRL's case a (whose reference is the
+/// initial model, as here); a row without the columns is refused by name.
+#[test]
+fn logps_output_trains_as_a_dataset_with_reference_columns() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let scored = dir.path().join("scored.jsonl");
+    let model = fixture("models/tiny-qwen2");
+    let dataset = fixture("datasets/kto_standard.jsonl");
+    let utf8 = |p: &std::path::Path| p.to_str().expect("utf-8").to_string();
+    let kto = |args: &[String]| Command::new(env!("CARGO_BIN_EXE_kto")).args(args).output().expect("runs");
+    let args: Vec<String> = ["logps", "--model", &utf8(&model), "--ref-model", &utf8(&model), "--dataset"]
+        .iter()
+        .map(|s| s.to_string())
+        .chain([utf8(&dataset), "--out".into(), utf8(&scored), "--per-device-train-batch-size".into(), "4".into()])
+        .collect();
+    let result = kto(&args);
+    assert!(result.status.success(), "{}", String::from_utf8_lossy(&result.stderr));
+
+    // TRL case a's settings on the scored rows.
+    let train = |data: &std::path::Path, out: &std::path::Path| kto(&with(case_a_args(out), "--dataset", &utf8(data)));
+    let out = dir.path().join("run");
+    let result = train(&scored, &out);
+    let stderr = String::from_utf8_lossy(&result.stderr).to_string();
+    assert!(result.status.success(), "{stderr}");
+    assert!(stderr.contains("from the dataset's columns (no reference model loaded)"), "{stderr}");
+    let ours = kto_testkit::read_jsonl_file(&out.join("metrics.jsonl"));
+    let trl = read_jsonl("trl/a_qwen_kto_sgd/metrics.jsonl");
+    assert_eq!(ours.len(), trl.len(), "steps");
+    for (o, t) in ours.iter().zip(&trl) {
+        let step = t["step"].as_f64().expect("step");
+        // The CLI plumbing (the library parity test checks every key): loss within 1e-5, the
+        // exact 0 KL of a policy equal to its reference at step 1, counts exactly.
+        let loss = (o["loss"].as_f64().expect("loss") - t["loss"].as_f64().expect("loss")).abs();
+        assert!(loss <= 1e-5, "step {step}: loss differs by {loss}");
+        if t["kl"] == 0.0 {
+            assert_eq!(o["kl"].as_f64(), Some(0.0), "step {step}: TRL's kl is exactly 0");
+        }
+        assert_eq!(o["num_tokens"], t["num_tokens"], "step {step}");
+    }
+
+    // A row without the columns, among rows with them, is an error naming it.
+    let text = std::fs::read_to_string(&scored).expect("scored");
+    let mut lines: Vec<Value> = text.lines().map(|l| serde_json::from_str(l).expect("JSON")).collect();
+    lines[2].as_object_mut().expect("object").remove("ref_KL_logps");
+    let partial = dir.path().join("partial.jsonl");
+    std::fs::write(&partial, lines.iter().map(|l| l.to_string() + "\n").collect::<String>()).expect("write");
+    let result = train(&partial, &dir.path().join("never"));
+    let stderr = String::from_utf8_lossy(&result.stderr).to_string();
+    assert!(!result.status.success());
+    let expected =
+        format!("{}:3: field \"ref_KL_logps\": missing, while {}:1 has", partial.display(), partial.display());
+    assert!(stderr.contains(&expected), "{stderr}");
+    assert!(!dir.path().join("never").exists(), "nothing written");
 }

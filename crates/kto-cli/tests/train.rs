@@ -223,8 +223,15 @@ fn evaluation_samples_window_kl_with_batch_one_and_reference_sync() {
     let samples = read_jsonl_file(&out.join("eval_samples.jsonl"));
     assert_eq!(samples.len(), 8, "4 prompts at each of the 2 evaluations");
     assert!(samples.iter().all(|s| s["policy"].is_string() && s["reference"].is_string()));
-    // With one row per micro-batch no micro-batch holds both labels: no margins, as in TRL.
-    assert!(train.iter().all(|e| e.get("rewards/margins").is_none()));
+    // The window is the batch for the metrics too (as TRL's batch of 4): one record per step,
+    // so wherever a window holds both labels the margin is chosen − rejected.
+    let margins: Vec<_> = train.iter().filter(|e| e.get("rewards/margins").is_some()).collect();
+    assert!(!margins.is_empty(), "some window holds both labels");
+    for e in margins {
+        let value = |k: &str| e[k].as_f64().expect(k);
+        let diff = value("rewards/margins") - (value("rewards/chosen") - value("rewards/rejected"));
+        assert!(diff.abs() <= 1e-12, "{e}");
+    }
 }
 
 #[test]
@@ -265,23 +272,26 @@ fn weights(folder: &Path) -> Vec<(String, Vec<f32>)> {
 
 #[test]
 fn two_devices_equal_one_device_accumulating_their_batches() {
-    // `--devices flex,flex`: each device takes its own batch of 4 (its own KL pairs), z₀ is the
-    // mean of the two devices' KL means, and the gradients are summed over devices. One device
-    // accumulating the same two batches per step with one z₀ over the window does the same
-    // arithmetic (equal batch sizes: the mean of the means is the window mean), in another
-    // order. SGD (case a's), not AdamW: AdamW divides each gradient by its own running size,
-    // so a parameter whose exact gradient is 0 (the key biases: a shift of every key leaves the
+    // `--devices flex,flex`: each device takes its own batch of 4 and the gradients are summed
+    // over devices; one device accumulating the same two batches per step does the same
+    // arithmetic in another order. The loss is APO-zero, which has no KL term: a KTO run's KL
+    // pairs differ between the two layouts by design (two devices pair within each batch of
+    // 4, as TRL on two GPUs; one device's accumulation window pairs over its 8 rows, as TRL's
+    // batch of 8), and the KL gather across devices is checked in kto-core's trainer tests.
+    // SGD (case a's), not AdamW: AdamW divides each gradient by its own running size, so a
+    // parameter whose exact gradient is 0 (the key biases: a shift of every key leaves the
     // softmax unchanged) moves by ±lr on float noise alone. Gradient checkpointing on: the
     // replicas take the device's strategy.
     let dir = tempfile::tempdir().expect("temp dir");
     let base = |out: &Path| {
         let args = with(with(case_a_args(out), "--device", "flex"), "--max-steps", "4");
+        let args = with(args, "--loss-type", "apo_zero_unpaired");
         with(with(args, "--gradient-checkpointing", "true"), "--save-steps", "2")
     };
     let (two, one) = (dir.path().join("two"), dir.path().join("one"));
     let result = run(&with(base(&two), "--devices", "flex,flex"));
     assert!(result.status.success(), "{}", String::from_utf8_lossy(&result.stderr));
-    let args = with(with(base(&one), "--gradient-accumulation-steps", "2"), "--kl-estimate", "accumulation_window");
+    let args = with(base(&one), "--gradient-accumulation-steps", "2");
     let result = run(&args);
     assert!(result.status.success(), "{}", String::from_utf8_lossy(&result.stderr));
 
@@ -294,12 +304,11 @@ fn two_devices_equal_one_device_accumulating_their_batches() {
     let (m2, m1) = (read_jsonl_file(&two.join("metrics.jsonl")), read_jsonl_file(&one.join("metrics.jsonl")));
     assert_eq!(m2.len(), 4);
     for (a, b) in m2.iter().zip(&m1) {
-        // kl is a difference of sequence log-probs. The two runs score the policy's KL
-        // sequences through different forwards (on the cached prompt of the autodiff pass,
-        // against a plain no-graph pass), which agree to ~1e-7 relative on each log-prob; so it
-        // gets a floor of 1e-6 relative to the log-probs' size. (The rewards/* and logps/*
-        // means are not compared: two devices pool their rows per micro-step, as TRL's gather
-        // does, while one device logs the mean of its micro-batches' means.)
+        // The loss is a mean of sequence log-prob differences (~1e-7 relative apart between
+        // the two summation orders), so it gets a floor of 1e-6 relative to the log-probs'
+        // size. (The rewards/* and logps/* means are not compared: two devices pool their rows
+        // per micro-step, as TRL's gather does, while one device logs the mean of its
+        // micro-batches' means.)
         let logps =
             ["logps/chosen", "logps/rejected"].map(|k| b[k].as_f64().expect(k).abs()).into_iter().fold(0.0, f64::max);
         for key in ["loss", "kl", "num_tokens", "epoch", "step", "learning_rate"] {
@@ -340,4 +349,61 @@ fn ddp_outside_cuda_is_refused_before_anything_is_written() {
     assert!(!result.status.success(), "{stderr}");
     assert!(stderr.contains("invalid value for `ddp`: needs --devices with two or more CUDA devices"), "{stderr}");
     assert!(!out.exists(), "nothing is written for invalid settings");
+}
+
+#[test]
+fn unchecked_values_are_refused_by_name_before_anything_is_written() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let out = dir.path().join("run");
+    let refused = |args: Vec<String>, expected: &str| {
+        let result = run(&args);
+        let stderr = String::from_utf8_lossy(&result.stderr).to_string();
+        assert!(!result.status.success(), "{args:?} is accepted");
+        assert!(stderr.contains(expected), "{args:?}: {stderr}");
+        assert!(!out.exists(), "{args:?}: nothing is written for invalid settings");
+    };
+    // A negative number is a value, answered by validation (not clap's "unexpected argument").
+    refused(with(case_a_args(&out), "--beta", "-1"), "beta");
+    refused(with(case_a_args(&out), "--beta", "-1"), "-1");
+    refused(with(case_a_args(&out), "--num-train-epochs", "inf"), "invalid value for `num_train_epochs`: inf");
+    // TRL refuses TR-DPO's reference sync with PEFT: under LoRA there is no reference model.
+    let lora = with(with(case_a_args(&out), "--use-peft", "true"), "--sync-ref-model", "true");
+    refused(lora, "invalid value for `sync_ref_model`: cannot be combined with LoRA");
+    // Token ids past the embedding table (tiny-qwen2 has 1024 rows) are refused by row and field.
+    let data = dir.path().join("ids.jsonl");
+    std::fs::write(
+        &data,
+        "{\"prompt_ids\": [1, 2], \"completion_ids\": [3, 999], \"label\": true}\n\
+         {\"prompt_ids\": [1, 1030], \"completion_ids\": [3, 4], \"label\": false}\n",
+    )
+    .expect("write");
+    let expected = format!(
+        "{}:2: field \"prompt_ids\": token id 1030 is outside the model's vocabulary (1024 ids)",
+        data.display()
+    );
+    refused(with(case_a_args(&out), "--dataset", path(&data)), &expected);
+    // So is a pad token the table does not have: a `<pad>` added to tiny-llama's tokenizer (900
+    // tokens, as many as the embedding table) gets id 900.
+    let model = dir.path().join("model");
+    std::fs::create_dir(&model).expect("model dir");
+    for entry in std::fs::read_dir(fixture("models/tiny-llama")).expect("fixture") {
+        let from = entry.expect("entry").path();
+        std::fs::copy(&from, model.join(from.file_name().expect("name"))).expect("copy");
+    }
+    let tokenizer_config = model.join("tokenizer_config.json");
+    let mut config: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&tokenizer_config).expect("read")).expect("JSON");
+    config["pad_token"] = "<pad>".into();
+    std::fs::write(&tokenizer_config, config.to_string()).expect("write");
+    let tokenizer_json = model.join("tokenizer.json");
+    let mut tokenizer: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&tokenizer_json).expect("read")).expect("JSON");
+    let added = serde_json::json!({"id": 900, "content": "<pad>", "single_word": false, "lstrip": false,
+        "rstrip": false, "normalized": false, "special": true});
+    tokenizer["added_tokens"].as_array_mut().expect("added tokens").push(added);
+    std::fs::write(&tokenizer_json, tokenizer.to_string()).expect("write");
+    refused(
+        with(case_a_args(&out), "--model", path(&model)),
+        "the pad token id 900 is outside the model's vocabulary (900 ids)",
+    );
 }

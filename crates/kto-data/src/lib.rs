@@ -35,6 +35,7 @@ pub use reader::{Location, RawRecord, Unit, records};
 pub use record::{Content, Dataset, Example, RecordShape, load_dataset, read_dataset, read_jsonl};
 pub use source::{DataFile, FileFormat, cached_snapshot, hub_cache_dir, resolve_dataset};
 pub use tokenize::{
-    DroppedRow, KlWindow, TokenizeConfig, Tokenized, TokenizedRow, TruncationMode, check_vocabulary, tokenize_examples,
+    DroppedRow, KlWindow, TokenizeConfig, Tokenized, TokenizedRow, TruncationMode, check_vocabulary, dataset_reference,
+    tokenize_examples,
 };
 pub use tokenizer::{HfTokenizer, Message, TemplateInputs};

@@ -42,6 +42,8 @@ const KNOWN_COLUMNS: &[&str] = &[
     "chat_template_kwargs",
     "ref_logps",
     "ref_KL_logps",
+    "reference_logps",
+    "reference_KL_logps",
 ];
 
 /// Roles a message may have.
@@ -320,8 +322,8 @@ impl Typer {
                     ));
                 }
             },
-            ref_logps: parse_number(at, "ref_logps", object.get("ref_logps"))?,
-            ref_kl_logps: parse_number(at, "ref_KL_logps", object.get("ref_KL_logps"))?,
+            ref_logps: reference_column(at, &object, "ref_logps", "reference_logps")?,
+            ref_kl_logps: reference_column(at, &object, "ref_KL_logps", "reference_KL_logps")?,
             extra: object.into_iter().filter(|(k, _)| !KNOWN_COLUMNS.contains(&k.as_str())).collect(),
         };
         Ok(match (typed_rest, pair) {
@@ -407,6 +409,15 @@ fn parse_number(at: &Location, field: &str, v: Option<&Value>) -> Result<Option<
         None | Some(Value::Null) => Ok(None),
         Some(Value::Number(n)) => Ok(n.as_f64()),
         Some(other) => Err(field_err(at, field, format!("expected a number, found {}", found(other)))),
+    }
+}
+
+/// A reference log-prob column under TRL 1.16's name (`ref_logps`, what its precompute writes,
+/// and kto's) or classic TRL's (`reference_logps`); a row with both is refused.
+fn reference_column(at: &Location, object: &Map<String, Value>, name: &str, classic: &str) -> Result<Option<f64>> {
+    match (parse_number(at, name, object.get(name))?, parse_number(at, classic, object.get(classic))?) {
+        (Some(_), Some(_)) => Err(field_err(at, classic, format!("given together with `{name}`; keep one of the two"))),
+        (a, b) => Ok(a.or(b)),
     }
 }
 

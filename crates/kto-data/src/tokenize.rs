@@ -262,6 +262,57 @@ pub fn check_vocabulary(tokenized: &Tokenized, examples: &[Example], vocab_size:
     Ok(())
 }
 
+/// Whether the kept rows carry the reference's log-probs from dataset columns (`ref_logps` /
+/// `ref_KL_logps`, or classic TRL's `reference_logps` / `reference_KL_logps`), so training
+/// needs no reference model: `false` when no row has them.
+///
+/// A row's `ref_KL_logps` belongs to one KL pair: when the row also records the completion it
+/// was scored with (`KL_completion_ids`, as TRL's processed datasets have, or
+/// `kl_completion_ids`, as `kto logps` writes), it must be this run's pair.
+///
+/// # Errors
+/// `file:line: field "ref_logps": ...` for the first row without it when others have it (and
+/// the same for `ref_KL_logps` when `kl` is set), or whose recorded KL completion is not the one
+/// this run pairs it with.
+pub fn dataset_reference(tokenized: &Tokenized, examples: &[Example], kl: bool) -> Result<bool> {
+    assert_eq!(examples.len(), tokenized.order.len(), "invariant: one slot per example");
+    let kept =
+        || examples.iter().zip(&tokenized.order).filter_map(|(ex, slot)| slot.ok().map(|k| (ex, &tokenized.rows[k])));
+    let Some((first, _)) = kept().find(|(_, row)| row.ref_logps.is_some() || row.ref_kl_logps.is_some()) else {
+        return Ok(false);
+    };
+    for (ex, row) in kept() {
+        let missing = |field: &str| Error::Record {
+            at: ex.at.clone(),
+            field: Some(field.into()),
+            reason: format!(
+                "missing, while {} has the reference's log-probs: every row needs them, or none (to score them with a reference model)",
+                first.at
+            ),
+        };
+        if row.ref_logps.is_none() {
+            return Err(missing("ref_logps"));
+        }
+        if kl && row.ref_kl_logps.is_none() {
+            return Err(missing("ref_KL_logps"));
+        }
+        let recorded = ["KL_completion_ids", "kl_completion_ids"].into_iter().find_map(|k| ex.extra.get(k));
+        if let (true, Some(recorded), Some(ours)) = (kl, recorded, &row.kl_completion_ids) {
+            let recorded: Option<Vec<u32>> = recorded
+                .as_array()
+                .and_then(|ids| ids.iter().map(|v| v.as_u64().and_then(|i| u32::try_from(i).ok())).collect());
+            if recorded.as_ref() != Some(ours) {
+                return Err(Error::Record {
+                    at: ex.at.clone(),
+                    field: Some("ref_KL_logps".into()),
+                    reason: "was scored with another KL completion than this run pairs the row with (the pairs follow per_device_train_batch_size, gradient_accumulation_steps under accumulation_window, and the rows kept by max_length): recompute it with this run's settings".into(),
+                });
+            }
+        }
+    }
+    Ok(true)
+}
+
 /// The prompt and prompt + completion token ids of one example, untruncated.
 fn encode_pair(ex: &Example, tokenizer: &HfTokenizer, eos: &str) -> Result<(Vec<u32>, Vec<u32>)> {
     let row_err =
