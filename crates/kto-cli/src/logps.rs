@@ -17,7 +17,8 @@ pub struct LogpsArgs {
     /// Policy model folder or hub id (its tokenizer is used).
     #[arg(long)]
     pub model: String,
-    /// Reference model folder or hub id: adds `ref_logps` and `ref_kl_logps`.
+    /// Reference model folder or hub id: adds `ref_logps` and `ref_KL_logps`, the columns
+    /// `kto train` reads back (the output is a pre-tokenized dataset).
     #[arg(long)]
     pub ref_model: Option<String>,
     /// A PEFT LoRA adapter folder applied to --model.
@@ -89,7 +90,7 @@ pub fn logps(args: &LogpsArgs) -> Result<()> {
             });
             if let Some(r) = &ref_logps {
                 line["ref_logps"] = json!(r[k]);
-                line["ref_kl_logps"] = json!(ref_kl.as_ref().map(|v| v[k]));
+                line["ref_KL_logps"] = json!(ref_kl.as_ref().map(|v| v[k]));
             }
             lines.push(line);
         }
@@ -99,23 +100,18 @@ pub fn logps(args: &LogpsArgs) -> Result<()> {
     Ok(())
 }
 
-/// Writes next to the destination and renames into place: a failure leaves nothing behind.
+/// Writes one JSON object per line, atomically ([`kto_models::write_atomic_with`]): a failure
+/// leaves nothing behind.
 pub fn write_jsonl(path: &Path, rows: &[serde_json::Value]) -> Result<()> {
-    let Some(name) = path.file_name() else { bail!("{}: not a file name", path.display()) };
-    let tmp = path.with_file_name(format!(".{}.partial", name.to_string_lossy()));
-    let result = (|| -> Result<()> {
-        let file = std::fs::File::create(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
+    kto_models::write_atomic_with(path, |tmp| -> Result<()> {
+        let file = std::fs::File::create(tmp).with_context(|| format!("creating {}", tmp.display()))?;
         let mut out = std::io::BufWriter::new(file);
         for row in rows {
             serde_json::to_writer(&mut out, row)?;
             out.write_all(b"\n")?;
         }
-        out.into_inner().map_err(|e| e.into_error())?.sync_all()?;
-        std::fs::rename(&tmp, path).with_context(|| format!("renaming to {}", path.display()))?;
+        out.into_inner().map_err(|e| e.into_error())?;
         Ok(())
-    })();
-    if result.is_err() {
-        let _ = std::fs::remove_file(&tmp);
-    }
-    result.with_context(|| format!("writing {}", path.display()))
+    })
+    .with_context(|| format!("writing {}", path.display()))
 }

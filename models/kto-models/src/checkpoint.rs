@@ -284,7 +284,7 @@ pub fn save_model(
     let config_path = tmp.join("config.json");
     let text =
         serde_json::to_string_pretty(&raw).map_err(|source| Error::Json { path: config_path.clone(), source })?;
-    std::fs::write(&config_path, text + "\n").map_err(io(&config_path))?;
+    crate::write_atomic(&config_path, text + "\n").map_err(io(&config_path))?;
     if let Some(src) = source_folder {
         for file in COMPANION_FILES {
             let from = src.join(file);
@@ -297,7 +297,13 @@ pub fn save_model(
 }
 
 /// Moves `tmp` to `out`, replacing any existing `out` only after `tmp` is complete.
-fn replace_dir(tmp: &Path, out: &Path) -> Result<()> {
+/// Puts the finished folder `tmp` in place of `out`: the old folder is moved aside, the new one
+/// renamed in, then the old one removed, so `out` is never deleted before its replacement is
+/// complete (a crash between the renames leaves the old folder beside it, whole).
+///
+/// # Errors
+/// [`Error::Io`] naming the folder.
+pub fn replace_dir(tmp: &Path, out: &Path) -> Result<()> {
     let io = |path: PathBuf| move |source| Error::Io { path, source };
     if out.exists() {
         let old = out.with_file_name(format!(
@@ -311,5 +317,6 @@ fn replace_dir(tmp: &Path, out: &Path) -> Result<()> {
     } else {
         std::fs::rename(tmp, out).map_err(io(out.into()))?;
     }
+    crate::sync_folder(out);
     Ok(())
 }

@@ -277,6 +277,19 @@ impl TransformerLm {
         })
     }
 
+    /// Every adapter drops its input with probability `p` in training forwards (on an autodiff
+    /// device): PEFT's `lora_dropout` when TRL's `disable_dropout` is false.
+    ///
+    /// # Panics
+    /// When `p` is not in `[0, 1)`.
+    pub fn with_lora_dropout(self, p: f64) -> Self {
+        assert!((0.0..1.0).contains(&p), "lora_dropout must be in [0, 1), got {p}");
+        self.map_projections(|_, _, proj| Projection {
+            lora: proj.lora.map(|adapter| crate::layers::LoraAdapter { dropout: p, ..adapter }),
+            linear: proj.linear,
+        })
+    }
+
     /// Whether any projection has an adapter.
     pub fn has_adapters(&self) -> bool {
         self.projections().iter().any(|(_, p)| p.lora.is_some())
@@ -310,7 +323,7 @@ fn cast_adapter(adapter: crate::layers::LoraAdapter, dtype: burn::tensor::DType)
             burn::module::Param::from_tensor(t.cast(burn::tensor::FloatDType::from(dtype)))
         }
     };
-    crate::layers::LoraAdapter { a: cast(adapter.a), b: cast(adapter.b), scale: adapter.scale }
+    crate::layers::LoraAdapter { a: cast(adapter.a), b: cast(adapter.b), ..adapter }
 }
 
 /// transformers' `_init_weights` for Llama/Qwen2: every matrix `N(0, 0.02)`, every bias 0;

@@ -15,6 +15,7 @@
 //! Depends on `kto-core` only; knows nothing of tokenizers or datasets.
 #![deny(missing_docs)]
 
+mod atomic;
 mod checkpoint;
 mod config;
 mod decoder;
@@ -24,7 +25,8 @@ mod layers;
 mod peft;
 mod safetensors_io;
 
-pub use checkpoint::{COMPANION_FILES, LoadOptions, SaveOptions, load_model, named_tensors, save_model};
+pub use atomic::{sync_folder, write_atomic, write_atomic_with};
+pub use checkpoint::{COMPANION_FILES, LoadOptions, SaveOptions, load_model, named_tensors, replace_dir, save_model};
 pub use config::{DecoderConfig, HfConfig, ModelFamily, RopeScaling};
 pub use decoder::{Decoder, DecoderLayer, KvCache, TransformerLm};
 pub use error::{Error, Result, TensorProblem};

@@ -41,9 +41,7 @@ pub fn save_adapter(model: &TransformerLm, config: &LoraConfig, base_model: &str
         tensors.push((format!("base_model.model.{prefix}.lora_A.weight"), vec![r, d_in], a));
         tensors.push((format!("base_model.model.{prefix}.lora_B.weight"), vec![d_out, r], b));
     }
-    let tmp = out.join(format!(".{WEIGHTS}.partial"));
-    save_tensor_file(&tmp, &tensors)?;
-    std::fs::rename(&tmp, out.join(WEIGHTS)).map_err(|source| Error::Io { path: out.join(WEIGHTS), source })?;
+    save_tensor_file(&out.join(WEIGHTS), &tensors)?;
     let cfg = json!({
         "peft_type": "LORA",
         "task_type": "CAUSAL_LM",
@@ -62,7 +60,7 @@ pub fn save_adapter(model: &TransformerLm, config: &LoraConfig, base_model: &str
     });
     let path = out.join(CONFIG);
     let text = serde_json::to_string_pretty(&cfg).map_err(|source| Error::Json { path: path.clone(), source })?;
-    std::fs::write(&path, text + "\n").map_err(|source| Error::Io { path, source })
+    crate::write_atomic(&path, text + "\n").map_err(|source| Error::Io { path, source })
 }
 
 /// Reads a PEFT LoRA folder and attaches its adapters to `model` (whose weights are frozen);

@@ -235,8 +235,11 @@ pub(crate) fn write_tensors(folder: &Path, tensors: &[(String, OwnedTensor)], ma
     let metadata = Some(HashMap::from([("format".to_string(), "pt".to_string())]));
     let write = |name: &str, shard: &[&(String, OwnedTensor)]| -> Result<()> {
         let path = folder.join(name);
-        safetensors::serialize_to_file(shard.iter().map(|(k, t)| (k.as_str(), t)), metadata.clone(), &path)
-            .map_err(|e| Error::Safetensors { path, reason: e.to_string() })
+        crate::write_atomic_with(&path, |tmp| {
+            safetensors::serialize_to_file(shard.iter().map(|(k, t)| (k.as_str(), t)), metadata.clone(), tmp)
+                .map_err(|e| std::io::Error::other(e.to_string()))
+        })
+        .map_err(|e| Error::Safetensors { path, reason: e.to_string() })
     };
     if shards.len() == 1 {
         return write(SINGLE_FILE, &shards[0]);
@@ -259,7 +262,7 @@ pub(crate) fn write_tensors(folder: &Path, tensors: &[(String, OwnedTensor)], ma
     });
     let path = folder.join(INDEX_FILE);
     let text = serde_json::to_string_pretty(&index).map_err(|source| Error::Json { path: path.clone(), source })?;
-    std::fs::write(&path, text + "\n").map_err(|source| Error::Io { path, source })
+    crate::write_atomic(&path, text + "\n").map_err(|source| Error::Io { path, source })
 }
 
 /// A named f32 tensor as host data: `(name, shape, values)`.
@@ -274,8 +277,12 @@ pub fn save_tensor_file(path: &Path, tensors: &[HostTensor]) -> Result<()> {
         .iter()
         .map(|(name, shape, values)| (name.clone(), OwnedTensor::new(values, shape.clone(), StorageDType::F32)))
         .collect();
-    safetensors::serialize_to_file(owned.iter().map(|(k, t)| (k.as_str(), t)), None, path)
-        .map_err(|e| Error::Safetensors { path: path.into(), reason: e.to_string() })
+    let fail = |reason: String| Error::Safetensors { path: path.into(), reason };
+    crate::write_atomic_with(path, |tmp| {
+        safetensors::serialize_to_file(owned.iter().map(|(k, t)| (k.as_str(), t)), None, tmp)
+            .map_err(|e| std::io::Error::other(e.to_string()))
+    })
+    .map_err(|e| fail(e.to_string()))
 }
 
 /// Reads every tensor of a safetensors file written by [`save_tensor_file`] (f32 only), in name

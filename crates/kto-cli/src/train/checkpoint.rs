@@ -102,12 +102,9 @@ pub fn save(output_dir: &Path, snapshot: Snapshot<'_>, limit: usize) -> Result<P
         .collect();
     save_tensor_file(&tmp.join("optimizer.safetensors"), &tensors)?;
     let state_path = tmp.join("trainer_state.json");
-    std::fs::write(&state_path, serde_json::to_string_pretty(&snapshot.state)? + "\n")
+    kto_models::write_atomic(&state_path, serde_json::to_string_pretty(&snapshot.state)? + "\n")
         .with_context(|| format!("writing {}", state_path.display()))?;
-    if final_dir.exists() {
-        std::fs::remove_dir_all(&final_dir).with_context(|| format!("replacing {}", final_dir.display()))?;
-    }
-    std::fs::rename(&tmp, &final_dir).with_context(|| format!("renaming to {}", final_dir.display()))?;
+    kto_models::replace_dir(&tmp, &final_dir).with_context(|| format!("replacing {}", final_dir.display()))?;
     prune(output_dir, limit)?;
     Ok(final_dir)
 }

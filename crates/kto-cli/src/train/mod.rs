@@ -18,8 +18,8 @@ use kto_core::{
     Reference, Schedule, ScheduleKind, StepReport, Trainer, TrainerConfig,
 };
 use kto_data::{
-    CollateConfig, Dataset, HfTokenizer, KlPairing, Sampling, TokenizeConfig, TokenizedRow, TruncationMode, collate,
-    epoch_batches,
+    CollateConfig, Dataset, HfTokenizer, KlPairing, KlWindow, Sampling, TokenizeConfig, TokenizedRow, TruncationMode,
+    collate, epoch_batches,
 };
 use kto_models::{
     DecoderConfig, GenerationConfig, LoadOptions, LoraConfig, LoraTargets, SaveOptions, StorageDType, TransformerLm,
@@ -63,6 +63,9 @@ mod demo {
     ];
 }
 
+/// Where the bundled demo writes its run: a run folder, ignored by the checkout's `.gitignore`.
+pub const DEMO_OUTPUT_DIR: &str = "runs/kto-demo";
+
 /// Fills a demo run's options when none of model, dataset and config is given.
 fn demo_options(dir: &Path) -> Result<TrainOptions> {
     for (rel, bytes) in demo::FILES {
@@ -73,7 +76,7 @@ fn demo_options(dir: &Path) -> Result<TrainOptions> {
     Ok(TrainOptions {
         model: Some(dir.join("model").display().to_string()),
         dataset: Some(dir.join("data/train.jsonl").display().to_string()),
-        output_dir: Some(PathBuf::from("kto-demo-output")),
+        output_dir: Some(PathBuf::from(DEMO_OUTPUT_DIR)),
         learning_rate: Some(1e-3),
         per_device_train_batch_size: Some(8),
         num_train_epochs: Some(8.0),
@@ -127,6 +130,11 @@ struct Plan {
     lora: Option<LoraConfig>,
 }
 
+/// How many data-parallel devices `devices` lists (1 when it is empty: the single `device`).
+fn device_count(c: &TrainConfig) -> usize {
+    c.devices.split(',').filter(|s| !s.trim().is_empty()).count().max(1)
+}
+
 fn invalid(key: &str, reason: impl std::fmt::Display) -> anyhow::Error {
     anyhow::anyhow!("invalid value for `{key}`: {reason}")
 }
@@ -157,6 +165,12 @@ fn plan(c: &TrainConfig) -> Result<Plan> {
         truncation_mode: TruncationMode::parse(&c.truncation_mode).map_err(|e| invalid("truncation_mode", e))?,
         per_device_train_batch_size: c.per_device_train_batch_size,
         kl_pairs: loss_type.uses_kl(),
+        // One KL estimate per window: the pairs span the window too (batch 1 × GA 4 pairs as
+        // TRL's batch 4 × GA 1).
+        kl_window: (kl_mode == KlMode::AccumulationWindow).then_some(KlWindow {
+            gradient_accumulation_steps: c.gradient_accumulation_steps.max(1),
+            devices: device_count(c),
+        }),
     };
     tokenize.validate()?;
     if c.shuffle && c.group_by_length {
@@ -206,16 +220,27 @@ fn plan(c: &TrainConfig) -> Result<Plan> {
             "`sync_ref_model` cannot be combined with `precompute_ref_log_probs` (the reference changes during training)"
         );
     }
-    if c.max_steps <= 0 && (c.num_train_epochs.is_nan() || c.num_train_epochs <= 0.0) {
+    if !c.num_train_epochs.is_finite() || (c.max_steps <= 0 && c.num_train_epochs <= 0.0) {
         return Err(invalid(
             "num_train_epochs",
-            format!("{} (expected > 0 when max_steps is not set)", c.num_train_epochs),
+            format!("{} (expected a finite number, > 0 when max_steps is not set)", c.num_train_epochs),
+        ));
+    }
+    if c.sync_ref_model && (c.use_peft || !c.adapter.is_empty()) {
+        // TRL refuses it too: under LoRA the reference is the base model with the adapters off,
+        // so there is no separate reference model to mix the policy into.
+        return Err(invalid(
+            "sync_ref_model",
+            "cannot be combined with LoRA (`use_peft` or `adapter`): the reference is the base model with the adapters off, so there is no reference model to sync",
         ));
     }
     let dtype = if c.bf16 { FloatDType::BF16 } else { FloatDType::F32 };
     let lora = if c.use_peft || !c.adapter.is_empty() {
         if c.lora_r == 0 {
             return Err(invalid("lora_r", "must be >= 1"));
+        }
+        if !(0.0..1.0).contains(&c.lora_dropout) {
+            return Err(invalid("lora_dropout", format!("{} (expected a probability in [0, 1))", c.lora_dropout)));
         }
         Some(LoraConfig {
             r: c.lora_r,
@@ -245,9 +270,37 @@ fn run(c: &TrainConfig) -> Result<()> {
         .pad_id()
         .with_context(|| format!("{}: the tokenizer has neither a pad nor an EOS token", folder.display()))?;
 
+    // Every id that reaches the embedding table must be in it: checked before anything is
+    // written, against the model's own config.
+    let vocab_size = DecoderConfig::from_file(&folder.join("config.json"))
+        .with_context(|| format!("reading {}", folder.join("config.json").display()))?
+        .vocab_size;
+    if pad_id as usize >= vocab_size {
+        bail!(
+            "{}: the pad token id {pad_id} is outside the model's vocabulary ({vocab_size} ids); use a pad token the embedding table has (or resize the model)",
+            folder.display()
+        );
+    }
+
     // Data.
     let dataset = kto_data::load_dataset(&c.dataset, &c.dataset_split)?;
     let mut tokenized = kto_data::tokenize_examples(&dataset.examples, &tokenizer, &plan.tokenize)?;
+    kto_data::check_vocabulary(&tokenized, &dataset.examples, vocab_size)?;
+    let uses_kl = plan.loss.loss_type.uses_kl();
+    // Reference log-probs carried by the dataset (TRL's precompute columns, `kto logps`).
+    let columns = kto_data::dataset_reference(&tokenized, &dataset.examples, uses_kl)?;
+    if columns && c.precompute_ref_log_probs {
+        bail!(
+            "{}: the rows carry the reference's log-probs (`ref_logps`), so `precompute_ref_log_probs` has nothing to compute; drop one of the two",
+            c.dataset
+        );
+    }
+    if columns && uses_kl && plan.sampling != Sampling::Sequential {
+        bail!(
+            "{}: the rows' `ref_KL_logps` belong to the KL pairs of sequential batches; drop `shuffle`/`group_by_length`",
+            c.dataset
+        );
+    }
     let audit = kto_data::audit(&dataset, &tokenized, &plan.tokenize, c.desirable_weight, c.undesirable_weight);
     let mut warnings: Vec<String> = Vec::new();
     for w in [&audit.weight_warning, &audit.one_class_warning, &audit.prefix_warning].into_iter().flatten() {
@@ -257,12 +310,26 @@ fn run(c: &TrainConfig) -> Result<()> {
     if tokenized.rows.is_empty() {
         bail!("{}: every row was dropped by max_length={} (see `kto audit`)", c.dataset, c.max_length);
     }
-    let eval_rows = if c.eval_dataset.is_empty() {
-        Vec::new()
+    let (mut eval_rows, eval_files) = if c.eval_dataset.is_empty() {
+        (Vec::new(), Vec::new())
     } else {
         let eval: Dataset = kto_data::load_dataset(&c.eval_dataset, &c.eval_dataset_split)?;
-        // TRL pairs evaluation rows in chunks of the *train* batch size.
-        kto_data::tokenize_examples(&eval.examples, &tokenizer, &plan.tokenize)?.rows
+        // TRL pairs evaluation rows in chunks of the *train* batch size (of the train window,
+        // evaluated on one device, under `accumulation_window`).
+        let kl_window = plan.tokenize.kl_window.map(|w| KlWindow { devices: 1, ..w });
+        let tokenized = kto_data::tokenize_examples(
+            &eval.examples,
+            &tokenizer,
+            &TokenizeConfig { kl_window, ..plan.tokenize.clone() },
+        )?;
+        kto_data::check_vocabulary(&tokenized, &eval.examples, vocab_size)?;
+        if columns && !kto_data::dataset_reference(&tokenized, &eval.examples, uses_kl)? {
+            bail!(
+                "{}: the training rows carry the reference's log-probs but the evaluation rows do not; give both, or neither (a reference model then scores them)",
+                c.eval_dataset
+            );
+        }
+        (tokenized.rows, eval.files)
     };
 
     // Models.
@@ -307,6 +374,17 @@ fn run(c: &TrainConfig) -> Result<()> {
             }
         }
     };
+    let policy = match &lora {
+        Some(config) if config.dropout > 0.0 && !c.disable_dropout => policy.with_lora_dropout(config.dropout),
+        Some(config) if config.dropout > 0.0 => {
+            eprintln!(
+                "note: lora_dropout {} is recorded in adapter_config.json but not applied: disable_dropout is true (TRL's default zeroes every dropout); pass --disable-dropout false to apply it",
+                config.dropout
+            );
+            policy
+        }
+        _ => policy,
+    };
     let ref_folder = match (&resume, c.ref_model.is_empty()) {
         (Some(r), _) if r.state.reference_saved => r.folder.join("reference"),
         (_, true) => folder.clone(),
@@ -319,7 +397,23 @@ fn run(c: &TrainConfig) -> Result<()> {
         kl: if plan.loss.loss_type.uses_kl() { plan.sampling.kl_pairing() } else { KlPairing::Off },
     };
     let logps = LogpsConfig::new();
-    let reference = {
+    let reference = if columns {
+        // The dataset carries the reference's log-probs: no reference model is loaded.
+        if c.sync_ref_model {
+            bail!(
+                "{}: the rows carry fixed reference log-probs, so `sync_ref_model` cannot change the reference",
+                c.dataset
+            );
+        }
+        if !c.ref_model.is_empty() {
+            bail!(
+                "{}: the rows carry the reference's log-probs; drop `ref_model`, or the columns, to choose one",
+                c.dataset
+            );
+        }
+        eprintln!("reference log-probs: from the dataset's columns (no reference model loaded)");
+        Reference::Precomputed
+    } else {
         // LoRA's reference is the policy with its adapters off: the same base weights, no copy.
         let reference =
             if lora.is_some() && c.ref_model.is_empty() && !resume.as_ref().is_some_and(|r| r.state.reference_saved) {
@@ -330,18 +424,30 @@ fn run(c: &TrainConfig) -> Result<()> {
                     .1
             };
         if c.precompute_ref_log_probs {
+            let files: Vec<PathBuf> = dataset.files.iter().chain(&eval_files).cloned().collect();
             let inputs = precompute::Inputs {
                 reference_folder: &ref_folder,
                 tokenizer_folder: &folder,
-                dataset_files: &dataset.files,
+                dataset_files: &files,
                 settings: json!({
                     "max_length": c.max_length, "max_prompt_length": c.max_prompt_length,
                     "truncation_mode": c.truncation_mode, "batch_size": c.per_device_train_batch_size,
                     "loss_type": c.loss_type, "pad_to_multiple_of": c.pad_to_multiple_of, "bf16": c.bf16,
-                    "dataset_split": c.dataset_split,
+                    "dataset_split": c.dataset_split, "eval_dataset_split": c.eval_dataset_split,
+                    "kl_estimate": c.kl_estimate, "gradient_accumulation_steps": c.gradient_accumulation_steps,
+                    "devices": device_count(c),
                 }),
             };
-            precompute::fill(&output_dir, &inputs, &mut tokenized.rows, |chunk| {
+            // TRL precomputes the evaluation rows too, in evaluation batches.
+            let mut splits = [
+                precompute::Split {
+                    name: "train",
+                    rows: &mut tokenized.rows,
+                    batch_size: c.per_device_train_batch_size,
+                },
+                precompute::Split { name: "eval", rows: &mut eval_rows, batch_size: c.per_device_eval_batch_size },
+            ];
+            precompute::fill(&output_dir, &inputs, &mut splits, |chunk| {
                 let batch =
                     collate(chunk, &CollateConfig { kl: collate_config_kl_rows(&collate_config), ..collate_config });
                 kto_core::reference_logps(&reference, &batch.to_device(&device), &logps)
@@ -407,7 +513,7 @@ fn run(c: &TrainConfig) -> Result<()> {
         sync_ref: c.sync_ref_model.then_some((c.ref_model_mixup_alpha, c.ref_model_sync_steps)),
     };
     let resolved = serde_json::to_value(c)?;
-    std::fs::write(output_dir.join("kto_config.json"), serde_json::to_string_pretty(&resolved)? + "\n")?;
+    kto_models::write_atomic(&output_dir.join("kto_config.json"), serde_json::to_string_pretty(&resolved)? + "\n")?;
     let metrics_path = output_dir.join("metrics.jsonl");
     write_history(&metrics_path, &history)?;
 
@@ -470,14 +576,14 @@ fn run(c: &TrainConfig) -> Result<()> {
         "devices": n_devices,
         "kto_version": env!("CARGO_PKG_VERSION"),
     });
-    std::fs::write(output_dir.join("run_summary.json"), serde_json::to_string_pretty(&summary)? + "\n")?;
+    kto_models::write_atomic(&output_dir.join("run_summary.json"), serde_json::to_string_pretty(&summary)? + "\n")?;
     for (file, title, series) in [
         ("loss.svg", "loss", &["loss", "eval_loss"][..]),
         ("kl.svg", "KL estimate", &["kl", "eval_kl"][..]),
         ("rewards.svg", "rewards", &["rewards/chosen", "rewards/rejected", "rewards/margins"][..]),
     ] {
         if let Some(svg) = plot::svg(&plot::Chart { title, series }, &history) {
-            std::fs::write(output_dir.join(file), svg)?;
+            kto_models::write_atomic(&output_dir.join(file), svg)?;
         }
     }
     eprintln!(
@@ -494,7 +600,8 @@ fn copy_companions(source: &Path, out: &Path) -> Result<()> {
     for file in kto_models::COMPANION_FILES {
         let from = source.join(file);
         if from.is_file() && from.file_name() != Some(std::ffi::OsStr::new("generation_config.json")) {
-            std::fs::copy(&from, out.join(file)).with_context(|| format!("copying {}", from.display()))?;
+            let bytes = std::fs::read(&from).with_context(|| format!("reading {}", from.display()))?;
+            kto_models::write_atomic(&out.join(file), bytes).with_context(|| format!("copying {}", from.display()))?;
         }
     }
     Ok(())
@@ -517,7 +624,7 @@ fn write_history(path: &Path, history: &[Value]) -> Result<()> {
         text.push_str(&serde_json::to_string(e)?);
         text.push('\n');
     }
-    std::fs::write(path, text).with_context(|| format!("writing {}", path.display()))
+    kto_models::write_atomic(path, text).with_context(|| format!("writing {}", path.display()))
 }
 
 /// Writes the final model into `output_dir` itself (loadable with `from_pretrained`), next to
@@ -537,17 +644,23 @@ fn save_final_model(
         &tmp,
         &SaveOptions { dtype: Some(dtype), max_shard_bytes: 5_000_000_000 },
     )?;
+    // The new files replace the old ones by rename (each either old or new at any moment);
+    // only then do weight files of an earlier save that the new one does not have go, e.g.
+    // shards of a larger layout. The index goes last, so it never names a missing shard.
+    let mut new: Vec<std::ffi::OsString> =
+        std::fs::read_dir(&tmp)?.map(|e| e.map(|e| e.file_name())).collect::<std::io::Result<_>>()?;
+    new.sort_by_key(|n| n == "model.safetensors.index.json");
+    for name in &new {
+        std::fs::rename(tmp.join(name), output_dir.join(name))?;
+    }
+    kto_models::sync_folder(&output_dir.join("config.json"));
     for entry in std::fs::read_dir(output_dir)? {
         let path = entry?.path();
         let name = path.file_name().map(|n| n.to_string_lossy().to_string()).unwrap_or_default();
-        if path.is_file() && (name.ends_with(".safetensors") || name == "model.safetensors.index.json") {
+        let weights = name.ends_with(".safetensors") || name == "model.safetensors.index.json";
+        if path.is_file() && weights && !new.iter().any(|n| *n == *name) {
             std::fs::remove_file(&path)?;
         }
-    }
-    for entry in std::fs::read_dir(&tmp)? {
-        let path = entry?.path();
-        let name = path.file_name().expect("a file name").to_owned();
-        std::fs::rename(&path, output_dir.join(name))?;
     }
     std::fs::remove_dir(&tmp)?;
     Ok(())
@@ -590,6 +703,31 @@ impl FitHooks<TransformerLm> for Hooks<'_> {
         }
         let (_, batches) = self.order.as_ref().expect("set above");
         let rows: Vec<&TokenizedRow> = batches[index as usize].iter().map(|&i| &self.rows[i]).collect();
+        let window = self.config.kl_estimate == "accumulation_window";
+        if window && self.collate.kl == KlPairing::InBatch {
+            // Shuffled batches under one KL estimate per window: the pairs rotate over this
+            // device's whole window, as sequential rows do at preprocessing.
+            let ga = self.config.gradient_accumulation_steps.max(1);
+            let members: Vec<usize> =
+                kto_core::window_micro_batches(index as usize, batches.len(), ga, self.devices as usize)
+                    .into_iter()
+                    .flat_map(|b| batches[b].iter().copied())
+                    .collect();
+            let partners = kto_core::kl_partners(members.len());
+            let first =
+                members.iter().position(|&r| r == batches[index as usize][0]).expect("the batch is in its window");
+            let paired: Vec<TokenizedRow> = rows
+                .iter()
+                .enumerate()
+                .map(|(i, row)| TokenizedRow {
+                    kl_completion_ids: Some(self.rows[members[partners[first + i]]].completion_ids.clone()),
+                    ..(*row).clone()
+                })
+                .collect();
+            let paired: Vec<&TokenizedRow> = paired.iter().collect();
+            let config = CollateConfig { kl: KlPairing::FromRows, ..self.collate };
+            return Ok(collate(&paired, &config).to_device(&self.train_device));
+        }
         Ok(collate(&rows, &self.collate).to_device(&self.train_device))
     }
 
@@ -684,6 +822,15 @@ impl Hooks<'_> {
         let policy = burn::module::Module::valid(trainer.policy());
         let mut out = String::new();
         for row in self.eval_rows.iter().take(4) {
+            if row.prompt_ids.is_empty() {
+                // Nothing to continue from (an empty prompt without a BOS token): said in the
+                // file rather than generated from nothing.
+                let line = json!({"step": position.step, "row": row.source_row, "prompt": "", "policy": null,
+                    "reference": null, "skipped": "the prompt has no tokens to continue"});
+                out.push_str(&serde_json::to_string(&line)?);
+                out.push('\n');
+                continue;
+            }
             let policy_ids = kto_models::generate(&policy, &row.prompt_ids, &settings, &self.device);
             let reference = match trainer.reference() {
                 Reference::Model(m) => {

@@ -151,8 +151,14 @@ options! {
     lora_r: usize = 16;
     /// LoRA α (TRL's default 32).
     lora_alpha: f64 = 32.0;
-    /// LoRA dropout (recorded; TRL's disable_dropout sets it to 0 in training).
+    /// LoRA dropout (PEFT's `lora_dropout`): applied in training only with
+    /// --disable-dropout false, as TRL zeroes every dropout by default.
     lora_dropout: f64 = 0.05;
+    /// TRL's `disable_dropout`: no dropout anywhere in the policy (the default). false applies
+    /// LoRA's `lora_dropout` (the decoders' own attention dropout is not implemented and must
+    /// be 0).
+    #[arg(num_args = 0..=1, default_missing_value = "true")]
+    disable_dropout: bool = true;
     /// Comma-separated projections (q_proj,k_proj,...) or all-linear.
     lora_target_modules: String = "q_proj,v_proj".into();
     /// Scale adapters by α/√r (rsLoRA) instead of α/r.
