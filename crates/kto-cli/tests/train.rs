@@ -407,3 +407,35 @@ fn unchecked_values_are_refused_by_name_before_anything_is_written() {
         "the pad token id 900 is outside the model's vocabulary (900 ids)",
     );
 }
+
+#[test]
+fn an_empty_eval_prompt_is_evaluated_and_its_sample_says_why_it_is_missing() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let eval = dir.path().join("eval.jsonl");
+    // tiny-qwen2's tokenizer adds no BOS, so an empty prompt has no tokens at all.
+    std::fs::write(
+        &eval,
+        "{\"prompt\": \"\", \"completion\": \"Hello there.\", \"label\": true}\n\
+         {\"prompt\": \"What is 2+2?\", \"completion\": \" 4\", \"label\": false}\n",
+    )
+    .expect("write");
+    let out = dir.path().join("run");
+    let mut args = with(case_a_args(&out), "--max-steps", "1");
+    for (flag, value) in [
+        ("--eval-dataset", path(&eval)),
+        ("--eval-strategy", "steps"),
+        ("--eval-steps", "1"),
+        ("--generate-during-eval", "true"),
+    ] {
+        args = with(args, flag, value);
+    }
+    let result = run(&args);
+    assert!(result.status.success(), "{}", String::from_utf8_lossy(&result.stderr));
+    let samples = read_jsonl_file(&out.join("eval_samples.jsonl"));
+    assert_eq!(samples.len(), 2, "one line per eval prompt");
+    assert_eq!(samples[0]["skipped"], "the prompt has no tokens to continue");
+    assert!(samples[1]["policy"].is_string());
+    let events = read_jsonl_file(&out.join("metrics.jsonl"));
+    let eval_loss = events.iter().find_map(|e| e.get("eval_loss").and_then(serde_json::Value::as_f64));
+    assert!(eval_loss.is_some_and(f64::is_finite), "{events:?}");
+}

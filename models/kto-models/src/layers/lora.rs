@@ -20,6 +20,11 @@ pub struct LoraAdapter {
     /// `lora_alpha / r` (rsLoRA: `lora_alpha / √r`).
     #[module(skip)]
     pub scale: f64,
+    /// The dropout applied to the adapter's input while training (PEFT's `lora_dropout`; 0:
+    /// none). Only the autodiff forward drops: evaluation, the reference and the KL passes on
+    /// the plain device see every input, as `model.eval()` / `no_grad` passes in PEFT do not.
+    #[module(skip)]
+    pub dropout: f64,
 }
 
 impl LoraAdapter {
@@ -30,6 +35,13 @@ impl LoraAdapter {
     pub fn forward(&self, x: Tensor<3>) -> Tensor<3> {
         let [b, s, d_in] = x.dims();
         let d_out = self.b.dims()[1];
+        let x = if self.dropout > 0.0 && x.device().is_autodiff() {
+            let keep = 1.0 - self.dropout;
+            let mask = x.random_like(burn::tensor::Distribution::Bernoulli(keep));
+            x * mask / keep
+        } else {
+            x
+        };
         let h = x.reshape([b * s, d_in]).matmul(self.a.val()).matmul(self.b.val());
         (h * self.scale).reshape([b, s, d_out])
     }
@@ -137,7 +149,9 @@ pub struct LoraConfig {
     pub r: usize,
     /// `lora_alpha`.
     pub alpha: f64,
-    /// `lora_dropout` (TRL's `disable_dropout` zeroes it, so it is recorded, not applied).
+    /// `lora_dropout`, saved in `adapter_config.json`; applied in training only when TRL's
+    /// `disable_dropout` is false ([`crate::TransformerLm::with_lora_dropout`]), as TRL zeroes
+    /// every dropout module, PEFT's included, by default.
     pub dropout: f64,
     /// `target_modules`.
     pub targets: LoraTargets,
@@ -174,6 +188,42 @@ impl LoraConfig {
             a: Param::from_tensor(Tensor::from_data(TensorData::new(a, [d_in, self.r]), f32_)),
             b: Param::from_tensor(Tensor::from_data(TensorData::new(b, [self.r, d_out]), f32_)),
             scale: self.scale(),
+            dropout: 0.0,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `lora_dropout` drops adapter inputs in training (autodiff) forwards only: evaluation,
+    /// reference and KL passes on the plain device see every input.
+    #[test]
+    fn dropout_applies_to_training_forwards_only() {
+        let plain = kto_testkit::device();
+        let train = plain.clone().autodiff();
+        let config = LoraConfig {
+            r: 2,
+            alpha: 2.0,
+            dropout: 0.5,
+            targets: LoraTargets::parse("q_proj").expect("targets"),
+            use_rslora: false,
+        };
+        let (d_in, d_out) = (64, 3);
+        let a: Vec<f32> = (0..d_in * 2).map(|i| ((i % 7) as f32 - 3.0) / 10.0).collect();
+        let b: Vec<f32> = (0..2 * d_out).map(|i| (i as f32 + 1.0) / 4.0).collect();
+        let x = |device: &Device| Tensor::<3>::ones([1, 4, d_in], device);
+        let host = |t: Tensor<3>| t.into_data().convert::<f32>().try_to_vec::<f32>().expect("f32");
+        for device in [&plain, &train] {
+            let off = config.adapter_from(a.clone(), b.clone(), d_in, d_out, device);
+            let on = LoraAdapter { dropout: config.dropout, ..off.clone() };
+            let (kept, dropped) = (host(off.forward(x(device))), host(on.forward(x(device))));
+            if device.is_autodiff() {
+                assert_ne!(kept, dropped, "a training forward drops inputs");
+            } else {
+                assert_eq!(kept, dropped, "a plain forward sees every input");
+            }
         }
     }
 }
