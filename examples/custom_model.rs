@@ -114,7 +114,7 @@ fn main() -> Result<(), kto::core::Error> {
     for step in 0..40 {
         trainer.train_step(&[batch(step, &train_device)])?;
         let logged = trainer.log(0.0);
-        let margin = logged.iter().find(|(k, _)| k == "rewards/margins").map(|(_, v)| *v);
+        let margin = logged.get("rewards/margins");
         if let Some(m) = margin {
             margins.push(m);
         }

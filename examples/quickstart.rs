@@ -62,7 +62,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         trainer.train_step(&[batch])?;
         let epoch = (step + 1) as f64 / batches.len() as f64;
         let logged = trainer.log(epoch);
-        let show = |key: &str| logged.iter().find(|(k, _)| k == key).map_or(f64::NAN, |(_, v)| *v);
+        let show = |key: &str| logged.get(key).unwrap_or(f64::NAN);
         println!(
             "step {}: loss {:.4}  kl {:.4}  rewards/chosen {:+.4}  rewards/rejected {:+.4}",
             step + 1,

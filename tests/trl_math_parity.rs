@@ -8,9 +8,10 @@
 
 use burn::prelude::*;
 use kto::core::{
-    KtoLossConfig, LossType, MetricsAggregator, MicroBatchInputs, Mode, kl_estimate, kto_loss, microbatch_metrics,
+    EvalMetrics, KtoLossConfig, KtoMetrics, LogRecord, LossType, MetricsAggregator, MicroBatchInputs, Mode,
+    kl_estimate, kto_loss, microbatch_metrics,
 };
-use kto_testkit::{EXACT_MATH, TRL_CASES, assert_close, cpu_devices, read_json, read_jsonl};
+use kto_testkit::{EXACT_MATH, TRL_CASES, assert_close, cpu_devices, read_json, read_jsonl, zip_eq};
 use serde_json::Value;
 
 fn floats(v: &Value) -> Vec<f32> {
@@ -25,7 +26,7 @@ fn loss_config(case: &str) -> KtoLossConfig {
     let cfg = &read_json(&format!("trl/{case}/summary.json"))["kto_config"];
     KtoLossConfig::new()
         .with_beta(cfg["beta"].as_f64().expect("beta"))
-        .with_loss_type(LossType::parse(cfg["loss_type"].as_str().expect("loss_type")).expect("known loss"))
+        .with_loss_type(cfg["loss_type"].as_str().expect("loss_type").parse::<LossType>().expect("known loss"))
         .with_desirable_weight(cfg["desirable_weight"].as_f64().expect("desirable_weight"))
         .with_undesirable_weight(cfg["undesirable_weight"].as_f64().expect("undesirable_weight"))
 }
@@ -62,15 +63,14 @@ fn loss_kl_rewards_and_per_example_losses_match_trl_for_every_case() {
                 assert_close!(loss, mb["loss"].as_f64().expect("loss"), EXACT_MATH, "{at}: TRL loss");
 
                 let rewards: Vec<f32> = out.rewards.into_data().iter::<f32>().collect();
-                for (i, (got, want)) in rewards.iter().zip(floats(&d["rewards"])).enumerate() {
+                for (i, (got, want)) in zip_eq(&rewards, floats(&d["rewards"]), &format!("{at}: rewards")).enumerate() {
                     assert_close!(*got, want, EXACT_MATH, "{at}: reward {i}");
                 }
                 let losses: Vec<f32> = out.losses.into_data().iter::<f32>().collect();
                 let desirable_first: Vec<f32> =
                     (0..n).filter(|&i| labels[i]).chain((0..n).filter(|&i| !labels[i])).map(|i| losses[i]).collect();
-                for (i, (got, want)) in
-                    desirable_first.iter().zip(floats(&d["weighted_losses_desirable_first"])).enumerate()
-                {
+                let expected = floats(&d["weighted_losses_desirable_first"]);
+                for (i, (got, want)) in zip_eq(&desirable_first, expected, &format!("{at}: losses")).enumerate() {
                     assert_close!(*got, want, EXACT_MATH, "{at}: weighted loss {i}");
                 }
 
@@ -126,19 +126,24 @@ fn aggregating_trl_appended_values_gives_trl_logged_metrics() {
                     }
                 }
             }
-            let ours = agg.flush(Mode::Train);
-            let trl_keys: Vec<&String> = line
+            let ours = agg.flush(Mode::Train).entries();
+            // The same keys; kto logs them in one fixed order (TRL's dict order is each window's
+            // first appearance, which case c's first rejected-only micro-batch changes).
+            let mut trl_keys: Vec<&str> = line
                 .as_object()
                 .expect("object")
                 .keys()
-                .filter(|k| !["loss", "grad_norm", "learning_rate", "epoch", "step"].contains(&k.as_str()))
+                .map(String::as_str)
+                .filter(|k| !["loss", "grad_norm", "learning_rate", "epoch", "step"].contains(k))
                 .collect();
-            let our_keys: Vec<&String> = ours.iter().map(|(k, _)| k).collect();
-            assert_eq!(our_keys, trl_keys, "{case} step {step}: keys and their order");
+            let mut our_keys: Vec<&str> = ours.iter().map(|(k, _)| *k).collect();
+            trl_keys.sort_unstable();
+            our_keys.sort_unstable();
+            assert_eq!(our_keys, trl_keys, "{case} step {step}: keys");
             for (key, value) in &ours {
                 assert_close!(
                     *value,
-                    line[key].as_f64().expect("number"),
+                    line[*key].as_f64().expect("number"),
                     rel = 1e-12,
                     abs = 1e-12,
                     "{case} step {step}: {key}"
@@ -153,6 +158,10 @@ fn eval_metrics_get_the_eval_prefix() {
     let mut agg = MetricsAggregator::new();
     agg.push(Mode::Eval, "kl", 0.5, kto::core::Reduction::Mean);
     agg.push(Mode::Eval, "kl", 0.0, kto::core::Reduction::Mean);
-    assert_eq!(agg.flush(Mode::Eval), vec![("eval_kl".to_string(), 0.25)]);
+    let eval = EvalMetrics { loss: None, metrics: agg.flush(Mode::Eval) };
+    assert_eq!(eval.metrics, KtoMetrics { kl: Some(0.25), ..KtoMetrics::default() });
+    let record = LogRecord::Eval { eval, epoch: 0.5, step: 3 };
+    let expected = [("eval_kl", 0.25), ("epoch", 0.5), ("step", 3.0)].map(|(k, v)| (k.to_string(), v));
+    assert_eq!(record.entries(), expected);
     assert!(agg.flush(Mode::Train).is_empty());
 }

@@ -141,7 +141,7 @@ fn run_in(case: &Case, device: &Device, layout: Option<Layout>) -> Outcome {
     });
     let (batch_size, ga) = (layout.batch_size, layout.ga);
     let max_steps = u("max_steps") as u64;
-    let loss_type = LossType::parse(cfg["loss_type"].as_str().expect("loss_type")).expect("loss type");
+    let loss_type = cfg["loss_type"].as_str().expect("loss_type").parse::<LossType>().expect("loss type");
     let max_length = cfg["max_length"].as_u64().map(|v| v as usize);
 
     let folder = fixture(case.model);
@@ -204,7 +204,7 @@ fn run_in(case: &Case, device: &Device, layout: Option<Layout>) -> Outcome {
             .with_undesirable_weight(f("undesirable_weight")),
         optimizer,
         schedule: Schedule {
-            kind: ScheduleKind::parse(cfg["lr_scheduler_type"].as_str().expect("schedule")).expect("known"),
+            kind: cfg["lr_scheduler_type"].as_str().expect("schedule").parse::<ScheduleKind>().expect("known"),
             learning_rate: f("learning_rate"),
             warmup_steps: u("warmup_steps") as u64,
             total_steps: max_steps,
@@ -237,7 +237,7 @@ fn run_in(case: &Case, device: &Device, layout: Option<Layout>) -> Outcome {
             .collect();
         micro_done += ga;
         trainer.train_step(&micro).unwrap_or_else(|e| panic!("{} step {step}: {e}", case.name));
-        let logged = trainer.log(micro_done as f64 / micro_per_epoch as f64);
+        let logged = trainer.log(micro_done as f64 / micro_per_epoch as f64).entries();
         let want = &expected[step as usize - 1];
         compare(case.name, step, f("beta"), &logged, want);
         history.push(logged);

@@ -7,6 +7,7 @@ use burn::module::Module;
 use crate::batch::KtoBatch;
 use crate::error::Result;
 use crate::lm::CausalLm;
+use crate::metrics::{EvalMetrics, LogRecord};
 use crate::trainer::{StepReport, Trainer};
 
 /// When evaluation runs (transformers' `eval_strategy`).
@@ -91,18 +92,18 @@ pub trait FitHooks<M> {
     /// After every optimizer step.
     fn on_step(&mut self, _report: &StepReport, _position: &Position) {}
 
-    /// A log event (`trainer.log` values, or evaluation values with the `eval_` prefix).
+    /// A log event: a training log ([`Trainer::log`]) or an evaluation.
     ///
     /// # Errors
     /// Whatever recording it can fail with.
-    fn on_log(&mut self, values: &[(String, f64)]) -> Result<()>;
+    fn on_log(&mut self, record: &LogRecord) -> Result<()>;
 
-    /// At an evaluation point; returns the values to log (`eval_*`), if any.
+    /// At an evaluation point; returns what to log (`None`: nothing was evaluated).
     ///
     /// # Errors
     /// Whatever evaluating can fail with.
-    fn evaluate(&mut self, _trainer: &Trainer<M>, _position: &Position) -> Result<Vec<(String, f64)>> {
-        Ok(Vec::new())
+    fn evaluate(&mut self, _trainer: &Trainer<M>, _position: &Position) -> Result<Option<EvalMetrics>> {
+        Ok(None)
     }
 
     /// At a checkpoint point.
@@ -157,17 +158,58 @@ pub fn fit<M: CausalLm + Module + Clone + Send + Sync>(
             EvalEvery::Steps(k) => k > 0 && (step.is_multiple_of(k) || step == config.max_steps),
             EvalEvery::Epoch => epoch_ended,
         };
-        if evaluate {
-            let mut values = hooks.evaluate(trainer, &position)?;
-            if !values.is_empty() {
-                values.push(("epoch".into(), position.epoch(per_epoch)));
-                values.push(("step".into(), step as f64));
-                hooks.on_log(&values)?;
-            }
+        if evaluate && let Some(eval) = hooks.evaluate(trainer, &position)? {
+            hooks.on_log(&LogRecord::Eval { eval, epoch: position.epoch(per_epoch), step })?;
         }
         if config.save_steps.is_some_and(|k| k > 0 && step.is_multiple_of(k)) {
             hooks.save(trainer, &position)?;
         }
     }
     Ok(position)
+}
+
+#[cfg(test)]
+mod tests {
+    use burn::prelude::*;
+
+    use super::*;
+    use crate::test_lm::TinyLm;
+    use crate::trainer::KlMode;
+    use crate::trainer::test_support::{batch, config, trainer};
+
+    #[test]
+    fn fit_hands_each_device_its_own_batches_once_per_epoch() {
+        struct Recorder {
+            device: Device,
+            asked: Vec<(u64, u64)>,
+        }
+        impl FitHooks<TinyLm> for Recorder {
+            fn micro_batch(&mut self, epoch: u64, index: u64) -> Result<KtoBatch> {
+                self.asked.push((epoch, index));
+                Ok(batch(4, index as i64, &self.device))
+            }
+            fn on_log(&mut self, _record: &LogRecord) -> Result<()> {
+                Ok(())
+            }
+        }
+        let (trainer, device) = trainer(config(4, 1, KlMode::MicroBatch));
+        let mut trainer = trainer.with_devices(std::slice::from_ref(&device));
+        // 5 batches on 2 devices: 3 micro-steps per epoch ([0, 1], [2, 3], [4]); 1 per step.
+        assert_eq!(FitConfig::micro_steps_per_epoch(5, 2), 3);
+        assert_eq!(FitConfig::steps_per_epoch(5, 1, 2), 3);
+        let config = FitConfig {
+            max_steps: 4,
+            micro_batches_per_epoch: 5,
+            gradient_accumulation_steps: 1,
+            logging_steps: 0,
+            eval_every: EvalEvery::Never,
+            save_steps: None,
+            sync_ref: None,
+        };
+        let mut hooks = Recorder { device, asked: Vec::new() };
+        let end = fit(&mut trainer, &config, Position::default(), &mut hooks).expect("fits");
+        assert_eq!(hooks.asked, vec![(0, 0), (0, 1), (0, 2), (0, 3), (0, 4), (1, 0), (1, 1)]);
+        assert_eq!(end, Position { step: 4, micro_batches: 4 });
+        assert!((end.epoch(3) - 4.0 / 3.0).abs() < 1e-12);
+    }
 }

@@ -49,7 +49,11 @@
 //! See the book's chapter "The KTO objective" for each symbol mapped to its config field.
 #![deny(missing_docs)]
 
+#[doc(hidden)]
+pub use serde as __serde;
+
 mod batch;
+mod choice;
 mod error;
 mod fit;
 mod kl;
@@ -67,6 +71,7 @@ mod unpair;
 mod weights;
 
 pub use batch::{KtoBatch, SequenceBatch};
+pub use choice::{Choice, UnknownChoice, text_or_list};
 pub use error::{Error, Result};
 pub use fit::{EvalEvery, FitConfig, FitHooks, Position, fit};
 pub use kl::{KlEstimate, combine_device_kl, kl_estimate};
@@ -76,10 +81,13 @@ pub use logps::{
     sequence_logps, shared_prefix_len,
 };
 pub use loss::{KtoLoss, KtoLossConfig, LossType, kto_loss};
-pub use metrics::{Metric, MetricsAggregator, MicroBatchInputs, Mode, Reduction, RowTokenStats, microbatch_metrics};
+pub use metrics::{
+    EvalMetrics, KtoMetrics, LogRecord, Metric, MetricsAggregator, MicroBatchInputs, Mode, Reduction, RowTokenStats,
+    microbatch_metrics,
+};
 pub use optim::{
-    HostMoments, Optimizer, OptimizerKind, Schedule, ScheduleKind, clip_factor, gather_gradients, global_grad_norm,
-    mix_parameters, parameters_by_path,
+    HostMoments, Optim, Optimizer, OptimizerKind, Schedule, ScheduleKind, clip_factor, gather_gradients,
+    global_grad_norm, mix_parameters, parameters_by_path,
 };
 pub use pairing::{kl_partners, kl_partners_chunked, kl_partners_windowed, window_micro_batches};
 pub use rng::SplitMix64;

@@ -5,40 +5,18 @@ use burn::tensor::activation::sigmoid;
 
 use crate::error::{Error, Result};
 
-/// Which objective [`kto_loss`] computes (TRL's `loss_type`).
-#[derive(Config, Debug, Copy, PartialEq, Eq)]
-pub enum LossType {
-    /// `"kto"`: KTO (Ethayarajh et al. 2024, arXiv:2402.01306, eq. 7) with the KL reference
-    /// point `z₀`.
-    Kto,
-    /// `"apo_zero_unpaired"`: unpaired APO-zero, no reference point (no KL passes at all).
-    ApoZeroUnpaired,
+crate::choice! {
+    /// Which objective [`kto_loss`] computes (TRL's `loss_type`).
+    pub enum LossType("loss_type") {
+        /// `"kto"`: KTO (Ethayarajh et al. 2024, arXiv:2402.01306, eq. 7) with the KL reference
+        /// point `z₀`.
+        Kto = "kto",
+        /// `"apo_zero_unpaired"`: unpaired APO-zero, no reference point (no KL passes at all).
+        ApoZeroUnpaired = "apo_zero_unpaired",
+    }
 }
 
 impl LossType {
-    /// TRL's spelling of the value (`kto`, `apo_zero_unpaired`).
-    pub fn as_str(self) -> &'static str {
-        match self {
-            LossType::Kto => "kto",
-            LossType::ApoZeroUnpaired => "apo_zero_unpaired",
-        }
-    }
-
-    /// Parses TRL's spelling.
-    ///
-    /// # Errors
-    /// [`Error::InvalidConfig`] naming `loss_type` and the accepted values.
-    pub fn parse(value: &str) -> Result<Self> {
-        match value {
-            "kto" => Ok(LossType::Kto),
-            "apo_zero_unpaired" => Ok(LossType::ApoZeroUnpaired),
-            other => Err(Error::InvalidConfig {
-                field: "loss_type",
-                reason: format!("must be one of `kto`, `apo_zero_unpaired`, got `{other}`"),
-            }),
-        }
-    }
-
     /// Whether the objective needs the KL estimate (and so the KL-pair forwards).
     pub fn uses_kl(self) -> bool {
         self == LossType::Kto
@@ -263,8 +241,8 @@ mod tests {
         let err = KtoLossConfig::new().with_undesirable_weight(f64::NAN).validate().unwrap_err();
         assert_eq!(err.to_string(), "undesirable_weight must be >= 0, got NaN");
         assert_eq!(
-            LossType::parse("sigmoid").unwrap_err().to_string(),
-            "loss_type must be one of `kto`, `apo_zero_unpaired`, got `sigmoid`"
+            "sigmoid".parse::<LossType>().unwrap_err().to_string(),
+            "unknown value `sigmoid` for `loss_type` (expected one of: kto, apo_zero_unpaired)"
         );
     }
 }

@@ -196,21 +196,210 @@ impl MetricsAggregator {
         }
     }
 
-    /// Reduces and clears the window: `(key, value)` in first-appearance order, keys prefixed
-    /// with `eval_` in [`Mode::Eval`].
-    pub fn flush(&mut self, mode: Mode) -> Vec<(String, f64)> {
-        let prefix = if mode == Mode::Eval { "eval_" } else { "" };
-        std::mem::take(&mut self.window(mode).keys)
-            .into_iter()
-            .map(|(key, reduction, values)| {
-                let value = match reduction {
-                    Reduction::Mean => values.iter().sum::<f64>() / values.len() as f64,
-                    Reduction::Sum => values.iter().sum(),
-                    Reduction::Last => *values.last().expect("a key has at least one value"),
-                };
-                (format!("{prefix}{key}"), value)
-            })
-            .collect()
+    /// Reduces and clears the window of `mode`.
+    ///
+    /// # Panics
+    /// On a key that is not one of [`KtoMetrics::KEYS`] (every key comes from
+    /// [`microbatch_metrics`]).
+    pub fn flush(&mut self, mode: Mode) -> KtoMetrics {
+        let mut out = KtoMetrics::default();
+        for (key, reduction, values) in std::mem::take(&mut self.window(mode).keys) {
+            let value = match reduction {
+                Reduction::Mean => values.iter().sum::<f64>() / values.len() as f64,
+                Reduction::Sum => values.iter().sum(),
+                Reduction::Last => *values.last().expect("a key has at least one value"),
+            };
+            *out.slot(&key).unwrap_or_else(|| panic!("`{key}` is not a KTO metric")) = Some(value);
+        }
+        out
+    }
+}
+
+/// TRL's KTO metrics of one logging window or one evaluation, reduced over its micro-batches;
+/// `None` where none of them had the value (`rewards/chosen` without desirable rows, ...).
+/// [`Self::entries`] gives TRL's keys in TRL's order.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct KtoMetrics {
+    /// `kl`: the mean clamped KL estimate `z₀`.
+    pub kl: Option<f64>,
+    /// `entropy`: mean per-token entropy of the policy.
+    pub entropy: Option<f64>,
+    /// `num_tokens`: attention-mask tokens of the matched sequences trained on so far.
+    pub num_tokens: Option<f64>,
+    /// `logits/chosen`: mean vocab-mean logit over desirable completion tokens.
+    pub logits_chosen: Option<f64>,
+    /// `logits/rejected`: the same over undesirable completion tokens.
+    pub logits_rejected: Option<f64>,
+    /// `rewards/chosen`: mean reward of desirable rows.
+    pub rewards_chosen: Option<f64>,
+    /// `logps/chosen`: mean policy log-prob of desirable rows.
+    pub logps_chosen: Option<f64>,
+    /// `rewards/rejected`: mean reward of undesirable rows.
+    pub rewards_rejected: Option<f64>,
+    /// `logps/rejected`: mean policy log-prob of undesirable rows.
+    pub logps_rejected: Option<f64>,
+    /// `rewards/margins`: mean chosen − rejected reward over micro-batches with both labels.
+    pub rewards_margins: Option<f64>,
+    /// `kl_unclamped` (ours): the KL estimate before clamping at 0.
+    pub kl_unclamped: Option<f64>,
+    /// `count/desirable` (ours): desirable rows seen.
+    pub count_desirable: Option<f64>,
+    /// `count/undesirable` (ours): undesirable rows seen.
+    pub count_undesirable: Option<f64>,
+}
+
+impl KtoMetrics {
+    /// TRL's keys, in TRL's logging order (ours last).
+    pub const KEYS: [&'static str; 13] = [
+        "kl",
+        "entropy",
+        "num_tokens",
+        "logits/chosen",
+        "logits/rejected",
+        "rewards/chosen",
+        "logps/chosen",
+        "rewards/rejected",
+        "logps/rejected",
+        "rewards/margins",
+        "kl_unclamped",
+        "count/desirable",
+        "count/undesirable",
+    ];
+
+    fn slots(&self) -> [Option<f64>; 13] {
+        [
+            self.kl,
+            self.entropy,
+            self.num_tokens,
+            self.logits_chosen,
+            self.logits_rejected,
+            self.rewards_chosen,
+            self.logps_chosen,
+            self.rewards_rejected,
+            self.logps_rejected,
+            self.rewards_margins,
+            self.kl_unclamped,
+            self.count_desirable,
+            self.count_undesirable,
+        ]
+    }
+
+    fn slot(&mut self, key: &str) -> Option<&mut Option<f64>> {
+        Some(match key {
+            "kl" => &mut self.kl,
+            "entropy" => &mut self.entropy,
+            "num_tokens" => &mut self.num_tokens,
+            "logits/chosen" => &mut self.logits_chosen,
+            "logits/rejected" => &mut self.logits_rejected,
+            "rewards/chosen" => &mut self.rewards_chosen,
+            "logps/chosen" => &mut self.logps_chosen,
+            "rewards/rejected" => &mut self.rewards_rejected,
+            "logps/rejected" => &mut self.logps_rejected,
+            "rewards/margins" => &mut self.rewards_margins,
+            "kl_unclamped" => &mut self.kl_unclamped,
+            "count/desirable" => &mut self.count_desirable,
+            "count/undesirable" => &mut self.count_undesirable,
+            _ => return None,
+        })
+    }
+
+    /// The value under TRL's `key` (without any `eval_` prefix).
+    pub fn get(&self, key: &str) -> Option<f64> {
+        Self::KEYS.iter().position(|k| *k == key).and_then(|i| self.slots()[i])
+    }
+
+    /// `(key, value)` of the values present, in [`Self::KEYS`] order.
+    pub fn entries(&self) -> Vec<(&'static str, f64)> {
+        Self::KEYS.iter().zip(self.slots()).filter_map(|(k, v)| v.map(|v| (*k, v))).collect()
+    }
+
+    /// Whether no value is present.
+    pub fn is_empty(&self) -> bool {
+        self.slots().iter().all(Option::is_none)
+    }
+}
+
+/// What an evaluation gives: `eval_loss` and the KTO metrics.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct EvalMetrics {
+    /// `eval_loss`: the row-weighted mean loss (`None` without rows).
+    pub loss: Option<f64>,
+    /// The KTO metrics, logged with the `eval_` prefix.
+    pub metrics: KtoMetrics,
+}
+
+/// One event of the log: a line of `metrics.jsonl`, an entry of transformers' `log_history`.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum LogRecord {
+    /// A training log: the window's step values and KTO metrics.
+    Train {
+        /// `loss`: the mean step loss of the window (`None` before any step).
+        loss: Option<f64>,
+        /// `grad_norm` of the window's last step, before clipping.
+        grad_norm: Option<f64>,
+        /// `learning_rate` of the window's last step.
+        learning_rate: Option<f64>,
+        /// The KTO metrics of the window.
+        metrics: KtoMetrics,
+        /// Fractional epoch.
+        epoch: f64,
+        /// Optimizer steps done.
+        step: u64,
+    },
+    /// An evaluation (keys with the `eval_` prefix).
+    Eval {
+        /// `eval_loss` and the `eval_*` metrics.
+        eval: EvalMetrics,
+        /// Fractional epoch.
+        epoch: f64,
+        /// Optimizer steps done.
+        step: u64,
+    },
+}
+
+impl LogRecord {
+    /// `(key, value)` with TRL's keys, in TRL's order: the step values (or `eval_loss`), the
+    /// KTO metrics (`eval_`-prefixed for an evaluation), `epoch`, `step`.
+    pub fn entries(&self) -> Vec<(String, f64)> {
+        let mut out = Vec::new();
+        let (metrics, prefix, epoch, step) = match self {
+            Self::Train { loss, grad_norm, learning_rate, metrics, epoch, step } => {
+                for (key, value) in [("loss", loss), ("grad_norm", grad_norm), ("learning_rate", learning_rate)] {
+                    if let Some(v) = value {
+                        out.push((key.to_string(), *v));
+                    }
+                }
+                (metrics, "", epoch, step)
+            }
+            Self::Eval { eval, epoch, step } => {
+                if let Some(loss) = eval.loss {
+                    out.push(("eval_loss".to_string(), loss));
+                }
+                (&eval.metrics, "eval_", epoch, step)
+            }
+        };
+        out.extend(metrics.entries().into_iter().map(|(k, v)| (format!("{prefix}{k}"), v)));
+        out.push(("epoch".to_string(), *epoch));
+        out.push(("step".to_string(), *step as f64));
+        out
+    }
+
+    /// The value under a logged key (`loss`, `eval_rewards/margins`, ...).
+    pub fn get(&self, key: &str) -> Option<f64> {
+        self.entries().into_iter().find(|(k, _)| k == key).map(|(_, v)| v)
+    }
+}
+
+/// A JSON object with TRL's keys ([`LogRecord::entries`]).
+impl serde::Serialize for LogRecord {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        let entries = self.entries();
+        let mut map = serializer.serialize_map(Some(entries.len()))?;
+        for (key, value) in &entries {
+            map.serialize_entry(key, value)?;
+        }
+        map.end()
     }
 }
 
@@ -243,7 +432,9 @@ mod tests {
         });
         agg.record(Mode::Eval, &b1);
         agg.record(Mode::Eval, &b2);
-        let logged: std::collections::HashMap<_, _> = agg.flush(Mode::Eval).into_iter().collect();
+        let eval = EvalMetrics { loss: Some(0.5), metrics: agg.flush(Mode::Eval) };
+        let record = LogRecord::Eval { eval, epoch: 1.0, step: 2 };
+        let logged: std::collections::HashMap<_, _> = record.entries().into_iter().collect();
         // rewards/chosen = mean(0.4, 0.2) = 0.3; rejected = 0.1 (batch 1 only); margin = 0.3 (batch 1 only)
         let close = |k: &str, v: f64| assert!((logged[k] - v).abs() < 1e-6, "{k}: {} vs {v}", logged[k]);
         close("eval_rewards/chosen", 0.3);
@@ -254,5 +445,13 @@ mod tests {
         close("eval_count/desirable", 3.0);
         close("eval_logps/chosen", (-1.0 + -3.0) / 2.0); // mean(-1, mean(-2, -4))
         assert!(agg.is_empty(Mode::Eval));
+        // Serialized with TRL's keys in TRL's order; absent values are left out (no token stats).
+        let json = serde_json::to_string(&record).expect("serializes");
+        assert!(
+            json.starts_with(r#"{"eval_loss":0.5,"eval_kl":0.25,"eval_num_tokens":25.0,"eval_rewards/chosen""#),
+            "{json}"
+        );
+        assert!(json.ends_with(r#""eval_count/undesirable":1.0,"epoch":1.0,"step":2.0}"#), "{json}");
+        assert!(!json.contains("entropy"), "{json}");
     }
 }

@@ -37,12 +37,23 @@ pub enum OptimizerKind {
     },
 }
 
+crate::choice! {
+    /// transformers' `optim` names this trainer implements.
+    pub enum Optim("optim") {
+        /// `torch.optim.AdamW` (also `adamw_torch_fused`, `adamw_hf` and `adamw`: the same
+        /// arithmetic).
+        AdamwTorch = "adamw_torch" | "adamw_torch_fused" | "adamw_hf" | "adamw",
+        /// `torch.optim.SGD` without momentum.
+        Sgd = "sgd",
+    }
+}
+
 impl OptimizerKind {
-    /// Parses transformers' `optim` value with the shared hyper-parameters.
+    /// `optim` with the shared hyper-parameters.
     ///
     /// # Errors
-    /// [`Error::InvalidConfig`] for an unknown name or out-of-range values.
-    pub fn parse(name: &str, beta1: f64, beta2: f64, eps: f64, weight_decay: f64) -> Result<Self> {
+    /// [`Error::Settings`] for out-of-range values.
+    pub fn new(optim: Optim, beta1: f64, beta2: f64, eps: f64, weight_decay: f64) -> Result<Self> {
         let bad = |reason: String| Err(Error::Settings { reason });
         if !(0.0..1.0).contains(&beta1) || !(0.0..1.0).contains(&beta2) {
             return bad(format!("adam_beta1 and adam_beta2 must be in [0, 1), got {beta1} and {beta2}"));
@@ -50,13 +61,10 @@ impl OptimizerKind {
         if eps.is_nan() || eps < 0.0 || weight_decay.is_nan() || weight_decay < 0.0 {
             return bad(format!("adam_epsilon and weight_decay must be >= 0, got {eps} and {weight_decay}"));
         }
-        match name {
-            "adamw_torch" | "adamw_torch_fused" | "adamw" | "adamw_hf" => {
-                Ok(Self::AdamW { beta1, beta2, eps, weight_decay })
-            }
-            "sgd" => Ok(Self::Sgd { weight_decay }),
-            other => bad(format!("optim \"{other}\" is not supported (expected adamw_torch or sgd)")),
-        }
+        Ok(match optim {
+            Optim::AdamwTorch => Self::AdamW { beta1, beta2, eps, weight_decay },
+            Optim::Sgd => Self::Sgd { weight_decay },
+        })
     }
 }
 
@@ -112,6 +120,73 @@ impl Optimizer {
         let moments = moments.into_iter().map(|(k, m, v)| (k, (to(m), to(v)))).collect();
         Self { kind, step, moments }
     }
+
+    /// Checks restored moments against the parameters `module` trains: every moment belongs to
+    /// a trainable parameter with as many values, and (after a step of AdamW) every trainable
+    /// parameter has its moments. A checkpoint of another model or LoRA layout is refused here
+    /// instead of panicking in the first update.
+    ///
+    /// # Errors
+    /// [`Error::Settings`] naming the first tensor that does not fit.
+    pub fn check_moments<M: Module>(&self, module: &M) -> Result<()> {
+        let trainable = trainable_sizes(module);
+        for (path, (m, _)) in &self.moments {
+            let n = m.dims()[0];
+            match trainable.get(path) {
+                None => {
+                    return Err(Error::Settings {
+                        reason: format!(
+                            "the optimizer state has moments for `{path}`, which the model does not train (another model or LoRA layout)"
+                        ),
+                    });
+                }
+                Some(&size) if size != n => {
+                    return Err(Error::Settings {
+                        reason: format!(
+                            "the optimizer state's moments of `{path}` have {n} values, the model's parameter {size} (another model or LoRA layout)"
+                        ),
+                    });
+                }
+                Some(_) => {}
+            }
+        }
+        if matches!(self.kind, OptimizerKind::AdamW { .. })
+            && self.step > 0
+            && let Some(path) = trainable.keys().find(|p| !self.moments.contains_key(*p))
+        {
+            return Err(Error::Settings {
+                reason: format!(
+                    "the optimizer state has no moments for `{path}`, which the model trains (another model or LoRA layout)"
+                ),
+            });
+        }
+        Ok(())
+    }
+}
+
+/// Element counts of `module`'s trainable (gradient-requiring) float parameters, by path.
+fn trainable_sizes<M: Module>(module: &M) -> BTreeMap<String, usize> {
+    struct Sizes {
+        path: Vec<String>,
+        out: BTreeMap<String, usize>,
+    }
+    impl ModuleVisitor for Sizes {
+        fn enter_module(&mut self, name: &str, _container_type: &str) {
+            self.path.push(name.to_string());
+        }
+        fn exit_module(&mut self, _name: &str, _container_type: &str) {
+            self.path.pop();
+        }
+        fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
+            let t = param.val();
+            if t.is_require_grad() {
+                self.out.insert(self.path.join("."), t.dims().iter().product());
+            }
+        }
+    }
+    let mut sizes = Sizes { path: Vec::new(), out: BTreeMap::new() };
+    module.visit(&mut sizes);
+    sizes.out
 }
 
 fn host(t: Tensor<1>) -> Vec<f32> {
@@ -314,37 +389,23 @@ pub fn clip_factor(total_norm: f64, max_norm: Option<f64>) -> f64 {
     }
 }
 
-/// transformers' `lr_scheduler_type`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum ScheduleKind {
-    /// Warm up linearly, then decay linearly to 0 at the last step (the default).
-    #[default]
-    Linear,
-    /// Warm up linearly, then half a cosine down to 0.
-    Cosine,
-    /// Constant.
-    Constant,
-    /// Warm up linearly, then constant.
-    ConstantWithWarmup,
+crate::choice! {
+    /// transformers' `lr_scheduler_type`.
+    pub enum ScheduleKind("lr_scheduler_type") {
+        /// Warm up linearly, then decay linearly to 0 at the last step (the default).
+        Linear = "linear",
+        /// Warm up linearly, then half a cosine down to 0.
+        Cosine = "cosine",
+        /// Constant.
+        Constant = "constant",
+        /// Warm up linearly, then constant.
+        ConstantWithWarmup = "constant_with_warmup",
+    }
 }
 
-impl ScheduleKind {
-    /// Parses transformers' names.
-    ///
-    /// # Errors
-    /// [`Error::InvalidConfig`] listing the supported names.
-    pub fn parse(name: &str) -> Result<Self> {
-        match name {
-            "linear" => Ok(Self::Linear),
-            "cosine" => Ok(Self::Cosine),
-            "constant" => Ok(Self::Constant),
-            "constant_with_warmup" => Ok(Self::ConstantWithWarmup),
-            other => Err(Error::Settings {
-                reason: format!(
-                    "lr_scheduler_type \"{other}\" is not supported (expected linear, cosine, constant or constant_with_warmup)"
-                ),
-            }),
-        }
+impl Default for ScheduleKind {
+    fn default() -> Self {
+        Self::Linear
     }
 }
 
@@ -430,5 +491,32 @@ mod tests {
         assert_eq!(clip_factor(4.0, Some(1.0)), f64::from(1.0f32 / (4.0f32 + 1e-6)));
         assert_eq!(clip_factor(4.0, None), 1.0);
         assert_eq!(clip_factor(4.0, Some(0.0)), 1.0, "max_grad_norm 0 disables clipping, as in transformers");
+    }
+
+    #[test]
+    fn restored_moments_must_fit_the_trained_parameters() {
+        let device = Device::flex().autodiff();
+        // TinyLm(vocab 8, d 4): embed_tokens.weight 8×4 = 32 values, lm_head weight 4×8 = 32, bias 8.
+        let lm = crate::test_lm::TinyLm::new(8, 4, &device);
+        let inner = device.clone().without_autodiff();
+        let adamw = OptimizerKind::AdamW { beta1: 0.9, beta2: 0.999, eps: 1e-8, weight_decay: 0.0 };
+        let moments = |sizes: &[(&str, usize)]| -> HostMoments {
+            sizes.iter().map(|(p, n)| (p.to_string(), vec![0.0; *n], vec![0.0; *n])).collect()
+        };
+        let all = [("embed_tokens.weight", 32), ("lm_head.weight", 32), ("lm_head.bias", 8)];
+        Optimizer::from_host(adamw, 3, moments(&all), &inner).check_moments(&lm).expect("the model's own moments");
+        let resized = [("embed_tokens.weight", 64), ("lm_head.weight", 32), ("lm_head.bias", 8)];
+        let err = Optimizer::from_host(adamw, 3, moments(&resized), &inner).check_moments(&lm).expect_err("size");
+        assert!(err.to_string().contains("`embed_tokens.weight` have 64 values, the model's parameter 32"), "{err}");
+        let foreign = [("embed_tokens.weight", 32), ("lm_head.weight", 32), ("lm_head.bias", 8), ("lora_a", 4)];
+        let err = Optimizer::from_host(adamw, 3, moments(&foreign), &inner).check_moments(&lm).expect_err("extra");
+        assert!(err.to_string().contains("moments for `lora_a`, which the model does not train"), "{err}");
+        let err = Optimizer::from_host(adamw, 3, moments(&all[..2]), &inner).check_moments(&lm).expect_err("missing");
+        assert!(err.to_string().contains("no moments for `lm_head.bias`"), "{err}");
+        // SGD keeps no moments; AdamW before its first step has none yet.
+        Optimizer::from_host(OptimizerKind::Sgd { weight_decay: 0.0 }, 3, Vec::new(), &inner)
+            .check_moments(&lm)
+            .expect("SGD");
+        Optimizer::from_host(adamw, 0, Vec::new(), &inner).check_moments(&lm).expect("no step yet");
     }
 }

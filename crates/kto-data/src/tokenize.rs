@@ -4,28 +4,20 @@ use crate::error::{Error, Result};
 use crate::record::{Content, Example};
 use crate::tokenizer::{HfTokenizer, Message, TemplateInputs};
 
-/// How classic TRL cuts a prompt that is over `max_prompt_length` ([`TokenizeConfig::max_prompt_length`]).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum TruncationMode {
-    /// Keep the last tokens (classic TRL's default), after the BOS token when the prompt starts
-    /// with one.
-    #[default]
-    KeepEnd,
-    /// Keep the first tokens.
-    KeepStart,
+kto_core::choice! {
+    /// How classic TRL cuts a prompt that is over `max_prompt_length` ([`TokenizeConfig::max_prompt_length`]).
+    pub enum TruncationMode("truncation_mode") {
+        /// Keep the last tokens (classic TRL's default), after the BOS token when the prompt starts
+        /// with one.
+        KeepEnd = "keep_end",
+        /// Keep the first tokens.
+        KeepStart = "keep_start",
+    }
 }
 
-impl TruncationMode {
-    /// Parses TRL's names `keep_end` and `keep_start`.
-    ///
-    /// # Errors
-    /// A message listing the accepted names.
-    pub fn parse(s: &str) -> std::result::Result<Self, String> {
-        match s {
-            "keep_end" => Ok(Self::KeepEnd),
-            "keep_start" => Ok(Self::KeepStart),
-            other => Err(format!("unknown truncation_mode \"{other}\" (expected keep_end or keep_start)")),
-        }
+impl Default for TruncationMode {
+    fn default() -> Self {
+        Self::KeepEnd
     }
 }
 

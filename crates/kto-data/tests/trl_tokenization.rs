@@ -2,7 +2,7 @@
 //! completion ids of every kept row, in training order, and the same dropped rows.
 
 use kto_data::{HfTokenizer, TokenizeConfig, read_jsonl, tokenize_examples};
-use kto_testkit::{fixture, read_json, read_jsonl as read_fixture_jsonl};
+use kto_testkit::{fixture, read_json, read_jsonl as read_fixture_jsonl, zip_eq};
 use serde_json::Value;
 
 fn ids(v: &Value) -> Vec<u32> {
@@ -28,7 +28,8 @@ fn check(case: &str, dataset: &str, model: &str) {
         expected.iter().filter(|r| r["dropped"] == true).map(|r| r["row_id"].as_u64().expect("id")).collect();
     assert_eq!(ours.rows.len(), kept.len(), "{case}: kept rows");
     assert_eq!(ours.dropped.iter().map(|d| d.source_row as u64).collect::<Vec<_>>(), dropped, "{case}: dropped rows");
-    for (d, e) in ours.dropped.iter().zip(expected.iter().filter(|r| r["dropped"] == true)) {
+    let expected_dropped: Vec<&Value> = expected.iter().filter(|r| r["dropped"] == true).collect();
+    for (d, e) in zip_eq(&ours.dropped, &expected_dropped, "dropped rows") {
         assert_eq!(d.reason, e["reason"].as_str().expect("reason"), "{case}: drop reason");
     }
     for (i, (row, e)) in ours.rows.iter().zip(&kept).enumerate() {

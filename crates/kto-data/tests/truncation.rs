@@ -3,7 +3,7 @@
 //! the start) and the first `max_length - max_prompt_length` completion tokens; none is dropped.
 
 use kto_data::{HfTokenizer, TokenizeConfig, TruncationMode, read_jsonl, tokenize_examples};
-use kto_testkit::fixture;
+use kto_testkit::{fixture, zip_eq};
 
 const LLAMA_BOS: u32 = 893;
 
@@ -25,7 +25,7 @@ fn prompt_budget_cuts_instead_of_dropping() {
         });
         assert_eq!(cut.len(), 64, "{mode:?}: no row is dropped (TRL 1.16 drops 4 at max_length 48)");
         let mut n_cut = 0;
-        for (c, f) in cut.iter().zip(&full) {
+        for (c, f) in zip_eq(&cut, &full, "rows") {
             assert_eq!(c.source_row, f.source_row);
             if f.len() <= 48 {
                 assert_eq!((&c.prompt_ids, &c.completion_ids), (&f.prompt_ids, &f.completion_ids), "short rows stay");

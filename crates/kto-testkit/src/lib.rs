@@ -124,6 +124,23 @@ pub fn read_json(relative: &str) -> serde_json::Value {
     serde_json::from_str(&text).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
 }
 
+/// `a` zipped with `b` after asserting they have as many items, so a comparison of ours against
+/// the expected values never stops silently at the shorter side.
+///
+/// # Panics
+/// When the lengths differ (naming `what` and both lengths).
+pub fn zip_eq<A, B>(a: A, b: B, what: &str) -> std::iter::Zip<A::IntoIter, B::IntoIter>
+where
+    A: IntoIterator,
+    B: IntoIterator,
+    A::IntoIter: ExactSizeIterator,
+    B::IntoIter: ExactSizeIterator,
+{
+    let (a, b) = (a.into_iter(), b.into_iter());
+    assert_eq!(a.len(), b.len(), "{what}: ours has {} items, the expected {}", a.len(), b.len());
+    a.zip(b)
+}
+
 /// `true` when `actual` is within `rel * |expected| + abs` of `expected`.
 pub fn is_close(actual: f64, expected: f64, rel: f64, abs: f64) -> bool {
     (actual - expected).abs() <= abs + rel * expected.abs()

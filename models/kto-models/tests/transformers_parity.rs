@@ -8,7 +8,7 @@ use burn::prelude::*;
 use burn::tensor::activation::log_softmax;
 use kto_core::{CausalLm, LogpsConfig, SequenceBatch, paired_completion_logps, sequence_logps, shared_prefix_len};
 use kto_models::{LoadOptions, TransformerLm, load_model};
-use kto_testkit::{CROSS_FRAMEWORK, EXACT_MATH, assert_close, fixture, parity_devices, read_jsonl};
+use kto_testkit::{CROSS_FRAMEWORK, EXACT_MATH, assert_close, fixture, parity_devices, read_jsonl, zip_eq};
 use serde_json::Value;
 
 /// One scored row: token ids and the index of the first completion token.
@@ -68,7 +68,7 @@ fn check_case(case: &str, model_dir: &str, pad: i64, max_length: usize) {
         let expected = read_jsonl(&format!("trl/{case}/logps.jsonl"));
         for (key, completion_key) in [("policy_logp", "completion_ids"), ("policy_KL_logp", "KL_completion_ids")] {
             let got = logps(&model, &rows(case, completion_key, max_length), pad, &device);
-            for (i, (g, e)) in got.iter().zip(&expected).enumerate() {
+            for (i, (g, e)) in zip_eq(&got, &expected, &format!("{backend} {case} {key}")).enumerate() {
                 assert_close!(*g, e[key].as_f64().expect("logp"), CROSS_FRAMEWORK, "{backend} {case} row {i} {key}");
             }
         }
@@ -78,7 +78,7 @@ fn check_case(case: &str, model_dir: &str, pad: i64, max_length: usize) {
         let config = LogpsConfig::new().with_chunk(32);
         let matched = rows(case, "completion_ids", max_length);
         let kl = rows(case, "KL_completion_ids", max_length);
-        for (i, (m, k)) in matched.chunks(8).zip(kl.chunks(8)).enumerate() {
+        for (i, (m, k)) in zip_eq(matched.chunks(8), kl.chunks(8), "batches").enumerate() {
             let sequences = |rows: &[Row]| {
                 let (input_ids, attention_mask, completion_mask) = batch(rows, pad, &device);
                 SequenceBatch { input_ids, attention_mask, completion_mask }
@@ -90,7 +90,8 @@ fn check_case(case: &str, model_dir: &str, pad: i64, max_length: usize) {
             let (pa, pb) = paired_completion_logps(&model, &a, &config, &model, &b, &config);
             let (pa, pb): (Vec<f32>, Vec<f32>) =
                 (pa.logps.into_data().iter().collect(), pb.logps.into_data().iter().collect());
-            for (r, (got_a, got_b)) in pa.iter().zip(&pb).enumerate() {
+            assert_eq!(pa.len(), m.len(), "{backend} {case} batch {i}: paired rows");
+            for (r, (got_a, got_b)) in zip_eq(&pa, &pb, "paired rows").enumerate() {
                 let row = i * 8 + r;
                 let e = &expected[row];
                 assert_close!(
@@ -107,7 +108,8 @@ fn check_case(case: &str, model_dir: &str, pad: i64, max_length: usize) {
                 );
             }
             let separate = |rows: &[Row]| logps(&model, rows, pad, &device);
-            for (got, alone) in pa.iter().zip(separate(m)).chain(pb.iter().zip(separate(k))) {
+            let pairs = zip_eq(&pa, separate(m), "matched rows").chain(zip_eq(&pb, separate(k), "KL rows"));
+            for (got, alone) in pairs {
                 // Same arithmetic; only the KL suffix's matrix shapes differ.
                 assert_close!(*got, alone, EXACT_MATH, "{backend} {case} batch {i}: paired vs separate");
             }
@@ -232,7 +234,7 @@ fn autodiff_policy_and_plain_reference_give_bit_identical_log_probs() {
             let frozen = policy.clone().valid();
             let (rows_a, rows_b) = (rows(case, "completion_ids", 48), rows(case, "KL_completion_ids", 48));
             let config = LogpsConfig::new().with_chunk(32);
-            for (m, k) in rows_a.chunks(4).zip(rows_b.chunks(4)) {
+            for (m, k) in zip_eq(rows_a.chunks(4), rows_b.chunks(4), "batches") {
                 let sequences = |rows: &[Row], device: &Device| {
                     let (input_ids, attention_mask, completion_mask) = batch(rows, pad, device);
                     SequenceBatch { input_ids, attention_mask, completion_mask }

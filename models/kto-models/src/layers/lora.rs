@@ -139,6 +139,40 @@ impl LoraTargets {
     }
 }
 
+impl std::str::FromStr for LoraTargets {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        Self::parse(s)
+    }
+}
+
+impl std::fmt::Display for LoraTargets {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::AllLinear => f.write_str("all-linear"),
+            Self::Names(n) => f.write_str(&n.join(",")),
+        }
+    }
+}
+
+/// As PEFT writes `target_modules`: `"all-linear"` or a list of names.
+impl serde::Serialize for LoraTargets {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        match self {
+            Self::AllLinear => serializer.serialize_str("all-linear"),
+            Self::Names(n) => n.serialize(serializer),
+        }
+    }
+}
+
+/// `"all-linear"`, a comma-separated string (`"q_proj,v_proj"`) or a list of names.
+impl<'de> serde::Deserialize<'de> for LoraTargets {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        Self::parse(&kto_core::text_or_list(deserializer)?).map_err(serde::de::Error::custom)
+    }
+}
+
 /// The projections of a decoder layer, by their checkpoint names.
 pub const PROJECTIONS: [&str; 7] = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"];
 
