@@ -7,6 +7,8 @@ use anyhow::{Context, Result, bail};
 use kto_core::LossType;
 use kto_data::{Dataset, HfTokenizer, TokenizeConfig, Tokenized, TruncationMode};
 
+use crate::choices::choice;
+
 /// Where the data comes from and how it is tokenized.
 #[derive(Debug, Clone, clap::Args)]
 pub struct DataArgs {
@@ -25,31 +27,26 @@ pub struct DataArgs {
     /// `max_length - max_prompt_length` completion tokens instead of being dropped.
     #[arg(long)]
     pub max_prompt_length: Option<usize>,
-    /// Which end of an over-long prompt `--max-prompt-length` keeps: keep_end or keep_start.
-    #[arg(long, default_value = "keep_end")]
-    pub truncation_mode: String,
+    /// Which end of an over-long prompt `--max-prompt-length` keeps.
+    #[arg(long, default_value_t = TruncationMode::KeepEnd, value_parser = choice::<TruncationMode>())]
+    pub truncation_mode: TruncationMode,
     /// Rows per device per step; KL pairs are formed in chunks of this many rows.
     #[arg(long, default_value_t = 8)]
     pub per_device_train_batch_size: usize,
-    /// `kto` or `apo_zero_unpaired` (which needs no KL pairs).
-    #[arg(long, default_value = "kto")]
-    pub loss_type: String,
+    /// The objective (`apo_zero_unpaired` needs no KL pairs).
+    #[arg(long, default_value_t = LossType::Kto, value_parser = choice::<LossType>())]
+    pub loss_type: LossType,
 }
 
 impl DataArgs {
-    /// The loss type.
-    pub fn loss_type(&self) -> Result<LossType> {
-        Ok(LossType::parse(&self.loss_type)?)
-    }
-
     /// The tokenization settings.
     pub fn tokenize_config(&self) -> Result<TokenizeConfig> {
         let config = TokenizeConfig {
             max_length: (self.max_length > 0).then_some(self.max_length),
             max_prompt_length: self.max_prompt_length,
-            truncation_mode: TruncationMode::parse(&self.truncation_mode).map_err(anyhow::Error::msg)?,
+            truncation_mode: self.truncation_mode,
             per_device_train_batch_size: self.per_device_train_batch_size,
-            kl_pairs: self.loss_type()?.uses_kl(),
+            kl_pairs: self.loss_type.uses_kl(),
             kl_window: None,
         };
         config.validate()?;

@@ -29,13 +29,13 @@ pub struct LogpsArgs {
     /// Output JSONL file (written whole or not at all).
     #[arg(long)]
     pub out: PathBuf,
-    /// Device: `flex`, `ndarray`, `wgpu[:N]`, `cuda[:N]` (as compiled in).
-    #[arg(long, default_value = "flex")]
-    pub device: String,
+    /// The device (as compiled in).
+    #[arg(long, default_value_t = crate::device::default_device(), value_parser = crate::choices::devices::<crate::device::DeviceSpec>())]
+    pub device: crate::device::DeviceSpec,
 }
 
 pub fn logps(args: &LogpsArgs) -> Result<()> {
-    let device = crate::device::parse_device(&args.device)?;
+    let device = args.device.device();
     let folder = model_folder(&args.model)?;
     let tokenizer = HfTokenizer::from_folder(&folder)
         .with_context(|| format!("loading the tokenizer from {}", folder.display()))?;

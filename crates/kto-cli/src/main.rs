@@ -3,6 +3,7 @@
 //! The only crate that picks devices and does I/O for training; the logic lives in the libraries.
 
 mod audit;
+mod choices;
 mod data_args;
 mod device;
 mod logps;
@@ -15,6 +16,8 @@ use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 use kto_data::{HfTokenizer, Message};
 use kto_models::{GenerationConfig, LoadOptions, SaveOptions, StorageDType, generate, load_model, save_model};
+
+use crate::device::DeviceSpec;
 
 /// KTO preference training for Llama and Qwen2 models, TRL-compatible.
 #[derive(Debug, Parser)]
@@ -107,9 +110,9 @@ struct GenerateArgs {
     /// Sampler seed.
     #[arg(long, default_value_t = 42)]
     seed: u64,
-    /// Device: `flex`, `ndarray`, `wgpu[:N]`, `cuda[:N]` (as compiled in).
-    #[arg(long, default_value = "flex")]
-    device: String,
+    /// The device (as compiled in).
+    #[arg(long, default_value_t = device::default_device(), value_parser = choices::devices::<DeviceSpec>())]
+    device: DeviceSpec,
     /// A PEFT LoRA adapter folder to apply to the model.
     #[arg(long)]
     adapter: Option<PathBuf>,
@@ -130,8 +133,8 @@ struct ConvertArgs {
     #[arg(long, default_value_t = 5_000_000_000)]
     max_shard_bytes: u64,
     /// Device used to hold the weights while converting.
-    #[arg(long, default_value = "flex")]
-    device: String,
+    #[arg(long, default_value_t = device::default_device(), value_parser = choices::devices::<DeviceSpec>())]
+    device: DeviceSpec,
 }
 
 fn main() -> ExitCode {
@@ -189,7 +192,7 @@ fn weights(args: &WeightsArgs) -> Result<()> {
 }
 
 fn generate_command(args: &GenerateArgs) -> Result<()> {
-    let device = device::parse_device(&args.device)?;
+    let device = args.device.device();
     let (config, model) = load_model(&args.model, &device, &LoadOptions::default())
         .with_context(|| format!("loading model from {}", args.model.display()))?;
     let model = match &args.adapter {
@@ -235,7 +238,7 @@ fn storage_dtype(name: Option<&str>) -> Result<Option<StorageDType>> {
 
 fn merge(args: &MergeArgs) -> Result<()> {
     let folder = data_args::model_folder(&args.model)?;
-    let device = device::parse_device("flex")?;
+    let device = device::default_device().device();
     let (config, model) = load_model(&folder, &device, &LoadOptions::default())
         .with_context(|| format!("loading model from {}", folder.display()))?;
     let (model, _) = kto_models::load_adapter(model, &args.adapter)
@@ -249,7 +252,7 @@ fn merge(args: &MergeArgs) -> Result<()> {
 
 fn convert(args: &ConvertArgs) -> Result<()> {
     let dtype = storage_dtype(args.dtype.as_deref())?;
-    let device = device::parse_device(&args.device)?;
+    let device = args.device.device();
     let (config, model) = load_model(&args.model, &device, &LoadOptions::default())
         .with_context(|| format!("loading model from {}", args.model.display()))?;
     save_model(

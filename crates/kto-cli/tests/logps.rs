@@ -95,9 +95,32 @@ fn logps_output_trains_as_a_dataset_with_reference_columns() {
         assert_eq!(o["num_tokens"], t["num_tokens"], "step {step}");
     }
 
-    // A row without the columns, among rows with them, is an error naming it.
+    // The same rows under TRL's precompute names (`reference_logps`, `reference_KL_logps`, what
+    // TRL's `precompute_ref_log_probs` writes into a dataset) train identically.
     let text = std::fs::read_to_string(&scored).expect("scored");
     let mut lines: Vec<Value> = text.lines().map(|l| serde_json::from_str(l).expect("JSON")).collect();
+    let classic: String = lines
+        .iter()
+        .map(|l| {
+            let mut row = l.as_object().expect("object").clone();
+            for (ours, trls) in [("ref_logps", "reference_logps"), ("ref_KL_logps", "reference_KL_logps")] {
+                let value = row.remove(ours).unwrap_or_else(|| panic!("{ours}"));
+                row.insert(trls.into(), value);
+            }
+            Value::Object(row).to_string() + "\n"
+        })
+        .collect();
+    let classic_path = dir.path().join("classic.jsonl");
+    std::fs::write(&classic_path, classic).expect("write");
+    let classic_out = dir.path().join("classic-run");
+    let result = train(&classic_path, &classic_out);
+    let stderr = String::from_utf8_lossy(&result.stderr).to_string();
+    assert!(result.status.success(), "{stderr}");
+    assert!(stderr.contains("from the dataset's columns (no reference model loaded)"), "{stderr}");
+    let classic_logged = kto_testkit::read_jsonl_file(&classic_out.join("metrics.jsonl"));
+    assert_eq!(classic_logged, ours, "reference_* columns give the ref_* columns' run exactly");
+
+    // A row without the columns, among rows with them, is an error naming it.
     lines[2].as_object_mut().expect("object").remove("ref_KL_logps");
     let partial = dir.path().join("partial.jsonl");
     std::fs::write(&partial, lines.iter().map(|l| l.to_string() + "\n").collect::<String>()).expect("write");

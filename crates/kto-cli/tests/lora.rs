@@ -6,7 +6,7 @@ use std::path::Path;
 use std::process::{Command, Output};
 
 use kto_models::{LoadOptions, load_model, load_tensor_file, named_tensors};
-use kto_testkit::{fixture, read_jsonl, read_jsonl_file};
+use kto_testkit::{fixture, read_jsonl, read_jsonl_file, zip_eq};
 
 mod common;
 use common::{case_a_args, with};
@@ -41,7 +41,7 @@ fn case_g(out: &Path, extra: &[&str]) -> Vec<String> {
 }
 
 fn max_diff(a: &[f32], b: &[f32]) -> f32 {
-    a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max)
+    zip_eq(a, b, "values").map(|(x, y)| (x - y).abs()).fold(0.0, f32::max)
 }
 
 #[test]
@@ -104,7 +104,7 @@ fn merge_logps_and_generate_with_an_adapter() {
     let (_, merged_model) = load_model(&merged, &device, &LoadOptions::default()).expect("merged");
     let adapter_tensors = load_tensor_file(&adapter.join("adapter_model.safetensors")).expect("adapter");
     let tensor = |key: &str| adapter_tensors.iter().find(|(k, _, _)| k == key).expect("tensor").clone();
-    for ((name, shape, w), (_, _, m)) in named_tensors(&base_model).iter().zip(named_tensors(&merged_model).iter()) {
+    for ((name, shape, w), (_, _, m)) in zip_eq(&named_tensors(&base_model), &named_tensors(&merged_model), "tensors") {
         let prefix = name.trim_end_matches(".weight");
         let adapted = name.ends_with("q_proj.weight") || name.ends_with("v_proj.weight");
         if !adapted {
@@ -138,7 +138,7 @@ fn merge_logps_and_generate_with_an_adapter() {
     };
     let with_adapter = score(&base, Some(&adapter), &dir.path().join("a.jsonl"));
     let with_merged = score(&merged, None, &dir.path().join("m.jsonl"));
-    for (x, y) in with_adapter.iter().zip(&with_merged) {
+    for (x, y) in zip_eq(&with_adapter, &with_merged, "scored rows") {
         let (x, y) = (x["logps"].as_f64().expect("logps"), y["logps"].as_f64().expect("logps"));
         assert!((x - y).abs() <= 1e-4 * y.abs().max(1.0), "{x} vs {y}");
     }

@@ -6,7 +6,7 @@
 use std::path::Path;
 use std::process::{Command, Output};
 
-use kto_testkit::{fixture, read_jsonl, read_jsonl_file};
+use kto_testkit::{fixture, read_jsonl, read_jsonl_file, zip_eq};
 
 mod common;
 use common::{case_a_args, path, with};
@@ -73,7 +73,7 @@ fn a_config_file_gives_the_same_run_and_flags_override_it() {
     assert!(result.status.success(), "{}", String::from_utf8_lossy(&result.stderr));
     let ours = read_jsonl_file(&out.join("metrics.jsonl"));
     let trl = read_jsonl("trl/a_qwen_kto_sgd/metrics.jsonl");
-    for (o, t) in ours.iter().zip(&trl) {
+    for (o, t) in zip_eq(&ours, &trl, "log entries") {
         let diff = (o["loss"].as_f64().expect("loss") - t["loss"].as_f64().expect("loss")).abs();
         assert!(diff <= 1e-5, "{o} vs {t}");
     }
@@ -87,6 +87,19 @@ fn bad_settings_are_errors_naming_the_key() {
         ("bad.yaml", "model: m\nlearning_rat: 0.1\n", "bad.yaml: learning_rat: unknown field `learning_rat`", "line 2"),
         ("bad.toml", "beta = \"high\"\n", "bad.toml: beta: ", "invalid type: string \"high\", expected f64"),
         ("bad.json", "{\"max_steps\": 1.5}", "bad.json: max_steps: ", "expected i64"),
+        // Choice settings are parsed where they are read: the message lists the accepted values.
+        (
+            "choice.yaml",
+            "optim: adam\n",
+            "choice.yaml: optim: ",
+            "unknown value `adam` for `optim` (expected one of: adamw_torch, sgd)",
+        ),
+        (
+            "targets.toml",
+            "lora_target_modules = [\"q_proj\", \"qkv\"]\n",
+            "targets.toml: lora_target_modules: ",
+            "unknown LoRA target module \"qkv\"",
+        ),
     ];
     for (name, text, start, also) in cases {
         let file = dir.path().join(name);
@@ -100,7 +113,21 @@ fn bad_settings_are_errors_naming_the_key() {
     let result = run(&with(case_a_args(&out), "--loss-type", "dpo"));
     assert!(!result.status.success());
     let stderr = String::from_utf8_lossy(&result.stderr);
-    assert!(stderr.starts_with("error: invalid value for `loss_type`: "), "{stderr}");
+    let expected = "error: invalid value for --loss-type: unknown value `dpo` for `loss_type` (expected one of: kto, apo_zero_unpaired)";
+    assert!(stderr.starts_with(expected), "{stderr}");
+    // `--help` lists the values of every choice setting.
+    let help = String::from_utf8_lossy(&kto(&["train", "--help"]).stdout).to_string();
+    for values in [
+        "[possible values: kto, apo_zero_unpaired]",
+        "[possible values: adamw_torch, sgd]",
+        "[possible values: linear, cosine, constant, constant_with_warmup]",
+        "[possible values: no, steps, epoch]",
+        "[possible values: micro_batch, accumulation_window]",
+        "[possible values: keep_end, keep_start]",
+        "[possible values: all-linear, q_proj, k_proj, v_proj, o_proj, gate_proj, up_proj, down_proj]",
+    ] {
+        assert!(help.contains(values), "--help lists {values}: {help}");
+    }
     let stderr = String::from_utf8_lossy(&run(&with(case_a_args(&out), "--per-device-train-batch-size", "1")).stderr)
         .to_string();
     assert_eq!(stderr.trim(), format!("error: {}", kto_core::BATCH_SIZE_ONE_MESSAGE));
@@ -133,6 +160,60 @@ fn interrupted_and_resumed_equals_uninterrupted() {
     let b = std::fs::read(resumed.join("model.safetensors")).expect("resumed model");
     assert!(a == b, "final weights are bit-identical");
     assert_eq!(read_jsonl_file(&full.join("metrics.jsonl")), read_jsonl_file(&resumed.join("metrics.jsonl")));
+}
+
+#[test]
+fn a_resume_with_other_run_settings_is_refused_naming_each_with_both_values() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let out = dir.path().join("run");
+    // Case a with AdamW (so the checkpoint holds moments), 3 steps, a checkpoint at step 3.
+    let base = with(with(case_a_args(&out), "--optim", "adamw_torch"), "--max-steps", "3");
+    let base = with(base, "--save-steps", "3");
+    let result = run(&base);
+    assert!(result.status.success(), "{}", String::from_utf8_lossy(&result.stderr));
+    let checkpoint = out.join("checkpoint-3");
+    let resume = |args: Vec<String>| run(&with(args, "--resume-from-checkpoint", path(&checkpoint)));
+    let changed_data = dir.path().join("changed.jsonl");
+    let text = std::fs::read_to_string(fixture("datasets/kto_standard.jsonl")).expect("dataset");
+    std::fs::write(&changed_data, text.replacen("\"label\": true", "\"label\": false", 1)).expect("write");
+    let before: Vec<(String, Vec<u8>)> = ["metrics.jsonl", "model.safetensors", "kto_config.json"]
+        .iter()
+        .map(|f| (f.to_string(), std::fs::read(out.join(f)).expect(f)))
+        .collect();
+    let llama = fixture("models/tiny-llama");
+    for (flag, value, named) in [
+        ("--optim", "sgd", "`optim`: the checkpoint's run used adamw_torch, this run sgd"),
+        (
+            "--per-device-train-batch-size",
+            "2",
+            "`per_device_train_batch_size`: the checkpoint's run used 4, this run 2",
+        ),
+        (
+            "--gradient-accumulation-steps",
+            "2",
+            "`gradient_accumulation_steps`: the checkpoint's run used 1, this run 2",
+        ),
+        ("--beta", "0.2", "`beta`: the checkpoint's run used 0.1, this run 0.2"),
+        ("--model", path(&llama), "`model`: the checkpoint's run used "),
+        ("--dataset", path(&changed_data), "`dataset`: the checkpoint's run used "),
+    ] {
+        let result = resume(with(base.clone(), flag, value));
+        let stderr = String::from_utf8_lossy(&result.stderr);
+        assert!(!result.status.success(), "{flag} {value}: {stderr}");
+        assert!(stderr.contains("cannot resume with other run settings"), "{flag}: {stderr}");
+        assert!(stderr.contains(named), "{flag}: {stderr}");
+        assert!(!stderr.contains("resuming from"), "refused before anything is restored: {stderr}");
+    }
+    // Another model names its tokenizer too; only what differs is named.
+    let stderr = String::from_utf8_lossy(&resume(with(base.clone(), "--model", path(&llama))).stderr).to_string();
+    assert!(stderr.contains("`tokenizer`: ") && !stderr.contains("`optim`"), "{stderr}");
+    for (file, bytes) in &before {
+        assert!(std::fs::read(out.join(file)).expect(file) == *bytes, "{file} untouched by a refused resume");
+    }
+    // The step budget and the logging may change: the same run resumes to step 4.
+    let result = resume(with(with(base, "--max-steps", "4"), "--logging-steps", "2"));
+    let stderr = String::from_utf8_lossy(&result.stderr);
+    assert!(result.status.success() && stderr.contains("checkpoint-3 at step 3"), "{stderr}");
 }
 
 #[test]
@@ -251,7 +332,7 @@ fn checkpoint_limit_latest_and_gradient_checkpointing() {
     kept.sort();
     assert_eq!(kept, ["checkpoint-6", "checkpoint-8"]);
     let trl = read_jsonl("trl/a_qwen_kto_sgd/metrics.jsonl");
-    for (o, t) in read_jsonl_file(&out.join("metrics.jsonl")).iter().zip(&trl) {
+    for (o, t) in zip_eq(&read_jsonl_file(&out.join("metrics.jsonl")), &trl, "log entries") {
         let diff = (o["loss"].as_f64().expect("loss") - t["loss"].as_f64().expect("loss")).abs();
         assert!(diff <= 1e-5, "{o} vs {t}");
     }
@@ -298,12 +379,12 @@ fn two_devices_equal_one_device_accumulating_their_batches() {
     let (w2, w1) = (weights(&two), weights(&one));
     assert_eq!(w2.len(), w1.len());
     for ((name, a), (_, b)) in w2.iter().zip(&w1) {
-        let worst = a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0f32, f32::max);
+        let worst = zip_eq(a, b, name).map(|(x, y)| (x - y).abs()).fold(0.0f32, f32::max);
         assert!(worst <= 1e-6, "{name}: {worst:e}");
     }
     let (m2, m1) = (read_jsonl_file(&two.join("metrics.jsonl")), read_jsonl_file(&one.join("metrics.jsonl")));
     assert_eq!(m2.len(), 4);
-    for (a, b) in m2.iter().zip(&m1) {
+    for (a, b) in zip_eq(&m2, &m1, "log entries") {
         // The loss is a mean of sequence log-prob differences (~1e-7 relative apart between
         // the two summation orders), so it gets a floor of 1e-6 relative to the log-probs'
         // size. (The rewards/* and logps/* means are not compared: two devices pool their rows

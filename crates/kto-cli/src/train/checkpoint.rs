@@ -40,6 +40,9 @@ pub struct TrainerState {
     pub seed: u64,
     /// Whether `reference/` holds a synced reference.
     pub reference_saved: bool,
+    /// What defines the run (see `resume`): checked when it is resumed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub run: Option<serde_json::Map<String, Value>>,
 }
 
 /// What a checkpoint restores.

@@ -5,7 +5,13 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
+use kto_core::{KlMode, LossType, Optim, ScheduleKind};
+use kto_data::TruncationMode;
+use kto_models::LoraTargets;
 use serde::{Deserialize, Serialize};
+
+use crate::choices::{EvalStrategy, LORA_TARGETS, choice, devices, values};
+use crate::device::{DeviceList, DeviceSpec};
 
 /// Declares every option once: the clap/serde struct of optional values, the resolved struct
 /// with defaults, and the merge.
@@ -50,8 +56,9 @@ options! {
     output_dir: PathBuf = PathBuf::from("trainer_output");
     /// KTO's β.
     beta: f64 = 0.1;
-    /// `kto` or `apo_zero_unpaired`.
-    loss_type: String = "kto".into();
+    /// The objective.
+    #[arg(value_parser = choice::<LossType>())]
+    loss_type: LossType = LossType::Kto;
     /// λ_D.
     desirable_weight: f64 = 1.0;
     /// λ_U.
@@ -60,8 +67,9 @@ options! {
     max_length: usize = 1024;
     /// Classic TRL prompt budget (see the book's Data chapter); 0 = unset.
     max_prompt_length: usize = 0;
-    /// keep_end or keep_start (with --max-prompt-length).
-    truncation_mode: String = "keep_end".into();
+    /// Which end of an over-long prompt --max-prompt-length keeps.
+    #[arg(value_parser = choice::<TruncationMode>())]
+    truncation_mode: TruncationMode = TruncationMode::KeepEnd;
     /// Pad batches to a multiple of this; 0 = unset.
     pad_to_multiple_of: usize = 0;
     /// Compute the reference log-probs once before training (cached in the output folder).
@@ -69,10 +77,12 @@ options! {
     precompute_ref_log_probs: bool = false;
     /// Peak learning rate (TRL's default 1e-6).
     learning_rate: f64 = 1e-6;
-    /// adamw_torch or sgd.
-    optim: String = "adamw_torch".into();
-    /// linear, cosine, constant or constant_with_warmup.
-    lr_scheduler_type: String = "linear".into();
+    /// The optimizer (adamw_torch_fused and adamw_hf are accepted as adamw_torch).
+    #[arg(value_parser = choice::<Optim>())]
+    optim: Optim = Optim::AdamwTorch;
+    /// The learning-rate schedule.
+    #[arg(value_parser = choice::<ScheduleKind>())]
+    lr_scheduler_type: ScheduleKind = ScheduleKind::Linear;
     /// Warm-up as a fraction of the steps (used when --warmup-steps is 0).
     warmup_ratio: f64 = 0.0;
     /// Warm-up steps.
@@ -99,8 +109,9 @@ options! {
     max_steps: i64 = -1;
     /// Log every this many steps.
     logging_steps: u64 = 10;
-    /// no, steps or epoch.
-    eval_strategy: String = "no".into();
+    /// When to evaluate.
+    #[arg(value_parser = choice::<EvalStrategy>())]
+    eval_strategy: EvalStrategy = EvalStrategy::No;
     /// Evaluate every this many steps (eval_strategy steps; default logging_steps).
     eval_steps: u64 = 0;
     /// Checkpoint every this many steps (0 = never).
@@ -121,17 +132,21 @@ options! {
     /// Train with bf16 weights and activations (flex, CUDA).
     #[arg(num_args = 0..=1, default_missing_value = "true")]
     bf16: bool = false;
-    /// flex, ndarray, wgpu[:N] or cuda[:N] (as compiled in).
-    device: String = "flex".into();
+    /// The device (as compiled in).
+    #[arg(value_parser = devices::<DeviceSpec>())]
+    device: DeviceSpec = crate::device::default_device();
     /// Data-parallel devices, comma-separated (cuda:0,cuda:1 or wgpu:0,wgpu:1); replaces
     /// --device. Each takes its own per-device batch; the first also evaluates, logs and saves.
-    devices: String = String::new();
+    #[arg(value_parser = devices::<DeviceList>())]
+    devices: DeviceList = DeviceList::default();
     /// With --devices on CUDA: sum gradients with burn's DDP all-reduce (NCCL) during the
     /// backward instead of gathering them on the first device.
     #[arg(num_args = 0..=1, default_missing_value = "true")]
     ddp: bool = false;
-    /// micro_batch (TRL) or accumulation_window (one KL estimate per optimizer step).
-    kl_estimate: String = "micro_batch".into();
+    /// micro_batch (TRL: each micro-batch's own KL pairs) or accumulation_window (one KL
+    /// estimate per optimizer step).
+    #[arg(value_parser = choice::<KlMode>())]
+    kl_estimate: KlMode = KlMode::MicroBatch;
     /// TR-DPO: mix the policy into the reference every --ref-model-sync-steps.
     #[arg(num_args = 0..=1, default_missing_value = "true")]
     sync_ref_model: bool = false;
@@ -160,7 +175,8 @@ options! {
     #[arg(num_args = 0..=1, default_missing_value = "true")]
     disable_dropout: bool = true;
     /// Comma-separated projections (q_proj,k_proj,...) or all-linear.
-    lora_target_modules: String = "q_proj,v_proj".into();
+    #[arg(value_parser = values::<LoraTargets>(&LORA_TARGETS))]
+    lora_target_modules: LoraTargets = LoraTargets::Names(vec!["q_proj".into(), "v_proj".into()]);
     /// Scale adapters by α/√r (rsLoRA) instead of α/r.
     #[arg(num_args = 0..=1, default_missing_value = "true")]
     use_rslora: bool = false;

@@ -8,10 +8,11 @@
 
 use std::path::{Path, PathBuf};
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Result, bail};
 use kto_data::TokenizedRow;
 use serde_json::{Value, json};
-use sha2::{Digest, Sha256};
+
+use super::resume::sha256_file;
 
 /// What the cached values depend on.
 pub struct Inputs<'a> {
@@ -23,13 +24,6 @@ pub struct Inputs<'a> {
 
 const CACHE: &str = "ref_logps.jsonl";
 const MANIFEST: &str = "ref_logps.manifest.json";
-
-fn sha256_file(path: &Path) -> Result<String> {
-    let mut hasher = Sha256::new();
-    let mut file = std::fs::File::open(path).with_context(|| format!("hashing {}", path.display()))?;
-    std::io::copy(&mut file, &mut hasher).with_context(|| format!("hashing {}", path.display()))?;
-    Ok(format!("{:x}", hasher.finalize()))
-}
 
 /// One split's rows and the batch size its reference pass runs in.
 pub struct Split<'a> {

@@ -1,0 +1,287 @@
+//! Stage 0 of `kto train`: every setting checked and turned into the typed values the later
+//! stages take, before anything is read or written.
+
+use std::path::PathBuf;
+
+use anyhow::{Result, bail};
+use burn::tensor::{Device, FloatDType};
+use kto_core::{EvalEvery, KlMode, KtoLossConfig, OptimizerKind, ScheduleKind};
+use kto_data::{KlWindow, Sampling, TokenizeConfig};
+use kto_models::LoraConfig;
+
+use super::options::TrainConfig;
+use crate::choices::EvalStrategy;
+
+/// The whole run, as typed values grouped by the stage that uses them.
+pub struct Plan {
+    pub data: DataPlan,
+    pub models: ModelPlan,
+    pub reference: ReferencePlan,
+    pub run: RunPlan,
+}
+
+/// What the data stage reads and how it tokenizes it.
+pub struct DataPlan {
+    pub dataset: String,
+    pub dataset_split: String,
+    /// `(eval_dataset, eval_dataset_split)`.
+    pub eval: Option<(String, String)>,
+    pub tokenize: TokenizeConfig,
+    pub sampling: Sampling,
+    pub uses_kl: bool,
+    pub desirable_weight: f64,
+    pub undesirable_weight: f64,
+    pub precompute_ref_log_probs: bool,
+}
+
+/// Which models are loaded, on what, with which adapters.
+pub struct ModelPlan {
+    pub model: String,
+    /// A separate reference model (the default is a frozen copy of `model`).
+    pub ref_model: Option<String>,
+    /// A PEFT adapter folder to start from.
+    pub adapter: Option<PathBuf>,
+    pub lora: Option<LoraConfig>,
+    /// `!disable_dropout`: LoRA's dropout is applied in training forwards.
+    pub apply_lora_dropout: bool,
+    pub dtype: FloatDType,
+    pub gradient_checkpointing: bool,
+    /// The seed of LoRA's initialisation.
+    pub seed: u64,
+}
+
+/// Where the reference log-probs come from.
+pub struct ReferencePlan {
+    pub precompute: bool,
+    /// TR-DPO: `(α, τ)`.
+    pub sync: Option<(f64, u64)>,
+    pub per_device_eval_batch_size: usize,
+    /// The settings that shape the precomputed rows (recorded in the cache's manifest).
+    pub manifest_settings: serde_json::Value,
+}
+
+/// The optimisation and the run's outputs.
+pub struct RunPlan {
+    pub loss: KtoLossConfig,
+    pub optimizer: OptimizerKind,
+    pub schedule_kind: ScheduleKind,
+    pub learning_rate: f64,
+    pub warmup_steps: u64,
+    pub warmup_ratio: f64,
+    pub max_grad_norm: Option<f64>,
+    pub kl_mode: KlMode,
+    pub per_device_train_batch_size: usize,
+    pub per_device_eval_batch_size: usize,
+    pub gradient_accumulation_steps: usize,
+    /// `> 0` overrides the epochs.
+    pub max_steps: u64,
+    pub num_train_epochs: f64,
+    pub logging_steps: u64,
+    pub eval_every: EvalEvery,
+    pub save_steps: Option<u64>,
+    pub save_total_limit: usize,
+    pub pad_to_multiple_of: Option<usize>,
+    pub devices: Vec<Device>,
+    /// What `--device`/`--devices` said, for the summary.
+    pub device_names: String,
+    pub ddp: bool,
+    pub generate_during_eval: bool,
+    pub output_dir: PathBuf,
+    pub resume_from_checkpoint: Option<String>,
+    pub seed: u64,
+}
+
+/// How many data-parallel devices `devices` lists (1 when it is empty: the single `device`).
+fn device_count(c: &TrainConfig) -> usize {
+    c.devices.0.len().max(1)
+}
+
+fn invalid(key: &str, reason: impl std::fmt::Display) -> anyhow::Error {
+    anyhow::anyhow!("invalid value for `{key}`: {reason}")
+}
+
+fn given(s: &str) -> Option<String> {
+    (!s.is_empty()).then(|| s.to_string())
+}
+
+/// Checks every setting of `c`, alone and together, and builds the plan.
+pub fn plan(c: &TrainConfig) -> Result<Plan> {
+    if c.model.is_empty() {
+        bail!("`model` is required (--model DIR or a hub id)");
+    }
+    if c.dataset.is_empty() {
+        bail!("`dataset` is required (--dataset PATH or a hub id)");
+    }
+    let loss_type = c.loss_type;
+    let uses_kl = loss_type.uses_kl();
+    let loss = KtoLossConfig::new()
+        .with_beta(c.beta)
+        .with_loss_type(loss_type)
+        .with_desirable_weight(c.desirable_weight)
+        .with_undesirable_weight(c.undesirable_weight);
+    loss.validate()?;
+    let optimizer = OptimizerKind::new(c.optim, c.adam_beta1, c.adam_beta2, c.adam_epsilon, c.weight_decay)?;
+    let kl_mode = c.kl_estimate;
+    if uses_kl && kl_mode == KlMode::MicroBatch && c.per_device_train_batch_size <= 1 {
+        bail!("{}", kto_core::BATCH_SIZE_ONE_MESSAGE);
+    }
+    let tokenize = TokenizeConfig {
+        max_length: (c.max_length > 0).then_some(c.max_length),
+        max_prompt_length: (c.max_prompt_length > 0).then_some(c.max_prompt_length),
+        truncation_mode: c.truncation_mode,
+        per_device_train_batch_size: c.per_device_train_batch_size,
+        kl_pairs: uses_kl,
+        // One KL estimate per window: the pairs span the window too (batch 1 × GA 4 pairs as
+        // TRL's batch 4 × GA 1).
+        kl_window: (kl_mode == KlMode::AccumulationWindow).then_some(KlWindow {
+            gradient_accumulation_steps: c.gradient_accumulation_steps.max(1),
+            devices: device_count(c),
+        }),
+    };
+    tokenize.validate()?;
+    if c.shuffle && c.group_by_length {
+        bail!("`shuffle` and `group_by_length` exclude each other; choose one");
+    }
+    let sampling = if c.group_by_length {
+        Sampling::GroupByLength { seed: c.seed }
+    } else if c.shuffle {
+        Sampling::Shuffle { seed: c.seed }
+    } else {
+        Sampling::Sequential
+    };
+    let eval_every = match c.eval_strategy {
+        EvalStrategy::No => EvalEvery::Never,
+        EvalStrategy::Steps => EvalEvery::Steps(if c.eval_steps > 0 { c.eval_steps } else { c.logging_steps }),
+        EvalStrategy::Epoch => EvalEvery::Epoch,
+    };
+    if eval_every != EvalEvery::Never && c.eval_dataset.is_empty() {
+        bail!("`eval_strategy` is {} but no `eval_dataset` is given", c.eval_strategy);
+    }
+    if c.per_device_eval_batch_size == 0 {
+        return Err(invalid("per_device_eval_batch_size", "must be >= 1"));
+    }
+    if !(0.0..=1.0).contains(&c.warmup_ratio) {
+        return Err(invalid("warmup_ratio", format!("{} (expected a fraction in [0, 1])", c.warmup_ratio)));
+    }
+    if !(0.0..=1.0).contains(&c.ref_model_mixup_alpha) {
+        return Err(invalid("ref_model_mixup_alpha", format!("{} (expected [0, 1])", c.ref_model_mixup_alpha)));
+    }
+    if c.precompute_ref_log_probs && sampling != Sampling::Sequential && uses_kl {
+        bail!(
+            "`precompute_ref_log_probs` needs sequential batches with a KL loss (the KL pairs are fixed at preprocessing); drop `shuffle`/`group_by_length`"
+        );
+    }
+    if c.ddp {
+        let specs = &c.devices.0;
+        if specs.len() < 2 || !specs.iter().all(|s| s.is_cuda()) {
+            return Err(invalid(
+                "ddp",
+                "needs --devices with two or more CUDA devices (burn's all-reduce exists only on CUDA); without it, --devices gathers gradients on any backend",
+            ));
+        }
+    }
+    if c.sync_ref_model && c.precompute_ref_log_probs {
+        bail!(
+            "`sync_ref_model` cannot be combined with `precompute_ref_log_probs` (the reference changes during training)"
+        );
+    }
+    if !c.num_train_epochs.is_finite() || (c.max_steps <= 0 && c.num_train_epochs <= 0.0) {
+        return Err(invalid(
+            "num_train_epochs",
+            format!("{} (expected a finite number, > 0 when max_steps is not set)", c.num_train_epochs),
+        ));
+    }
+    if c.sync_ref_model && (c.use_peft || !c.adapter.is_empty()) {
+        // TRL refuses it too: under LoRA the reference is the base model with the adapters off,
+        // so there is no separate reference model to mix the policy into.
+        return Err(invalid(
+            "sync_ref_model",
+            "cannot be combined with LoRA (`use_peft` or `adapter`): the reference is the base model with the adapters off, so there is no reference model to sync",
+        ));
+    }
+    let lora = if c.use_peft || !c.adapter.is_empty() {
+        if c.lora_r == 0 {
+            return Err(invalid("lora_r", "must be >= 1"));
+        }
+        if !(0.0..1.0).contains(&c.lora_dropout) {
+            return Err(invalid("lora_dropout", format!("{} (expected a probability in [0, 1))", c.lora_dropout)));
+        }
+        Some(LoraConfig {
+            r: c.lora_r,
+            alpha: c.lora_alpha,
+            dropout: c.lora_dropout,
+            targets: c.lora_target_modules.clone(),
+            use_rslora: c.use_rslora,
+        })
+    } else {
+        None
+    };
+    let devices = match c.devices.0.as_slice() {
+        [] => vec![c.device.device()],
+        list => list.iter().map(|spec| spec.device()).collect(),
+    };
+    let manifest_settings = serde_json::json!({
+        "max_length": c.max_length, "max_prompt_length": c.max_prompt_length,
+        "truncation_mode": c.truncation_mode, "batch_size": c.per_device_train_batch_size,
+        "loss_type": c.loss_type, "pad_to_multiple_of": c.pad_to_multiple_of, "bf16": c.bf16,
+        "dataset_split": c.dataset_split, "eval_dataset_split": c.eval_dataset_split,
+        "kl_estimate": c.kl_estimate, "gradient_accumulation_steps": c.gradient_accumulation_steps,
+        "devices": device_count(c),
+    });
+    Ok(Plan {
+        data: DataPlan {
+            dataset: c.dataset.clone(),
+            dataset_split: c.dataset_split.clone(),
+            eval: given(&c.eval_dataset).map(|d| (d, c.eval_dataset_split.clone())),
+            tokenize,
+            sampling,
+            uses_kl,
+            desirable_weight: c.desirable_weight,
+            undesirable_weight: c.undesirable_weight,
+            precompute_ref_log_probs: c.precompute_ref_log_probs,
+        },
+        models: ModelPlan {
+            model: c.model.clone(),
+            ref_model: given(&c.ref_model),
+            adapter: given(&c.adapter).map(PathBuf::from),
+            lora,
+            apply_lora_dropout: !c.disable_dropout,
+            dtype: if c.bf16 { FloatDType::BF16 } else { FloatDType::F32 },
+            gradient_checkpointing: c.gradient_checkpointing,
+            seed: c.seed,
+        },
+        reference: ReferencePlan {
+            precompute: c.precompute_ref_log_probs,
+            sync: c.sync_ref_model.then_some((c.ref_model_mixup_alpha, c.ref_model_sync_steps)),
+            per_device_eval_batch_size: c.per_device_eval_batch_size,
+            manifest_settings,
+        },
+        run: RunPlan {
+            loss,
+            optimizer,
+            schedule_kind: c.lr_scheduler_type,
+            learning_rate: c.learning_rate,
+            warmup_steps: c.warmup_steps,
+            warmup_ratio: c.warmup_ratio,
+            max_grad_norm: (c.max_grad_norm > 0.0).then_some(c.max_grad_norm),
+            kl_mode,
+            per_device_train_batch_size: c.per_device_train_batch_size,
+            per_device_eval_batch_size: c.per_device_eval_batch_size,
+            gradient_accumulation_steps: c.gradient_accumulation_steps.max(1),
+            max_steps: c.max_steps.max(0) as u64,
+            num_train_epochs: c.num_train_epochs,
+            logging_steps: c.logging_steps,
+            eval_every,
+            save_steps: (c.save_steps > 0).then_some(c.save_steps),
+            save_total_limit: c.save_total_limit,
+            pad_to_multiple_of: (c.pad_to_multiple_of > 0).then_some(c.pad_to_multiple_of),
+            devices,
+            device_names: if c.devices.0.is_empty() { c.device.to_string() } else { c.devices.to_string() },
+            ddp: c.ddp,
+            generate_during_eval: c.generate_during_eval,
+            output_dir: c.output_dir.clone(),
+            resume_from_checkpoint: given(&c.resume_from_checkpoint),
+            seed: c.seed,
+        },
+    })
+}
