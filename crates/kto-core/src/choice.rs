@@ -39,12 +39,13 @@ pub trait Choice: std::str::FromStr<Err = UnknownChoice> + std::fmt::Display + C
 }
 
 /// Declares a choice setting's enum with its names: `NAMES` (the canonical names, for `--help`),
-/// `name()`, `FromStr` (also accepting listed aliases), `Display`, and serde as the name.
+/// `name()`, `FromStr` (also accepting listed aliases), `Display`, serde as the name, and
+/// `Default` when one is named.
 ///
 /// ```
 /// kto_core::choice! {
 ///     /// Colours.
-///     pub enum Colour("colour") {
+///     pub enum Colour("colour", default = Red) {
 ///         /// Red.
 ///         Red = "red",
 ///         /// Blue (also `navy`).
@@ -53,6 +54,7 @@ pub trait Choice: std::str::FromStr<Err = UnknownChoice> + std::fmt::Display + C
 /// }
 /// assert_eq!("navy".parse::<Colour>(), Ok(Colour::Blue));
 /// assert_eq!(Colour::NAMES, ["red", "blue"]);
+/// assert_eq!(Colour::default(), Colour::Red);
 /// assert_eq!(
 ///     "green".parse::<Colour>().unwrap_err().to_string(),
 ///     "unknown value `green` for `colour` (expected one of: red, blue)"
@@ -62,7 +64,7 @@ pub trait Choice: std::str::FromStr<Err = UnknownChoice> + std::fmt::Display + C
 macro_rules! choice {
     (
         $(#[$meta:meta])*
-        $vis:vis enum $name:ident($setting:literal) {
+        $vis:vis enum $name:ident($setting:literal $(, default = $default:ident)?) {
             $( $(#[$vmeta:meta])* $variant:ident = $text:literal $(| $alias:literal)* ),+ $(,)?
         }
     ) => {
@@ -86,6 +88,14 @@ macro_rules! choice {
                 }
             }
         }
+
+        $(
+            impl Default for $name {
+                fn default() -> Self {
+                    Self::$default
+                }
+            }
+        )?
 
         impl $crate::Choice for $name {
             const NAMES: &'static [&'static str] = &[$($text),+];

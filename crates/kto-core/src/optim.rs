@@ -391,7 +391,7 @@ pub fn clip_factor(total_norm: f64, max_norm: Option<f64>) -> f64 {
 
 crate::choice! {
     /// transformers' `lr_scheduler_type`.
-    pub enum ScheduleKind("lr_scheduler_type") {
+    pub enum ScheduleKind("lr_scheduler_type", default = Linear) {
         /// Warm up linearly, then decay linearly to 0 at the last step (the default).
         Linear = "linear",
         /// Warm up linearly, then half a cosine down to 0.
@@ -400,12 +400,6 @@ crate::choice! {
         Constant = "constant",
         /// Warm up linearly, then constant.
         ConstantWithWarmup = "constant_with_warmup",
-    }
-}
-
-impl Default for ScheduleKind {
-    fn default() -> Self {
-        Self::Linear
     }
 }
 

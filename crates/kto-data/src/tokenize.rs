@@ -6,18 +6,12 @@ use crate::tokenizer::{HfTokenizer, Message, TemplateInputs};
 
 kto_core::choice! {
     /// How classic TRL cuts a prompt that is over `max_prompt_length` ([`TokenizeConfig::max_prompt_length`]).
-    pub enum TruncationMode("truncation_mode") {
+    pub enum TruncationMode("truncation_mode", default = KeepEnd) {
         /// Keep the last tokens (classic TRL's default), after the BOS token when the prompt starts
         /// with one.
         KeepEnd = "keep_end",
         /// Keep the first tokens.
         KeepStart = "keep_start",
-    }
-}
-
-impl Default for TruncationMode {
-    fn default() -> Self {
-        Self::KeepEnd
     }
 }
 

@@ -45,18 +45,12 @@ pub const BATCH_SIZE_ONE_MESSAGE: &str = "Actual (not effective) batch size must
 
 crate::choice! {
     /// Which rows the KL reference point `z₀` is estimated from (`kl_estimate`).
-    pub enum KlMode("kl_estimate") {
+    pub enum KlMode("kl_estimate", default = MicroBatch) {
         /// Each micro-batch's own KL pairs (TRL). Needs at least two rows per micro-batch.
         MicroBatch = "micro_batch",
         /// One no-graph KL pass over every micro-batch of the optimizer step, and one `z₀` for
         /// all of them: works with one row per micro-batch.
         AccumulationWindow = "accumulation_window",
-    }
-}
-
-impl Default for KlMode {
-    fn default() -> Self {
-        Self::MicroBatch
     }
 }
 
