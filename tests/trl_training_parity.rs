@@ -37,7 +37,8 @@ const TOKEN_STAT_REL: f64 = 1e-5;
 /// be an exact 0.
 const DIFFERENCE_ULPS: f64 = 8.0;
 /// Final weights, per element, relative to the largest element of that tensor's own update in
-/// TRL's run (`max |ours - trl| / max |trl - initial|`), so a tensor that did not train fails.
+/// TRL's run (`max (|ours - trl| - ulp(trl))⁺ / max |trl - initial|`, one f32 rounding of the
+/// last step allowed), so a tensor that did not train fails.
 /// Under SGD [8.1e-4].
 const WEIGHT_UPDATE_REL_SGD: f32 = 2e-3;
 /// Under AdamW [1.78e-2]: each element's step is its gradient over its own running RMS, so an
@@ -81,8 +82,13 @@ fn compare_final(
         assert_eq!((name, name), (name_b, name_i), "{case}: tensor order");
         assert_eq!((a.len(), a.len()), (b.len(), init.len()), "{case}: {name} size");
         let update = b.iter().zip(init).map(|(x, y)| (x - y).abs()).fold(0.0f32, f32::max);
-        let diff = a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0f32, f32::max);
+        // Each element beyond one unit in the last place of TRL's value: both runs round the
+        // last `p - step` to an f32, and a step a hair apart can land on neighbouring floats
+        // (1.2e-7 at 1.0, which is 2.7e-3 of a norm weight's 4.5e-5 update in m_smollm3).
+        let beyond_ulp = |x: &f32, y: &f32| ((x - y).abs() - f32_ulp(f64::from(*y)) as f32).max(0.0);
+        let diff = a.iter().zip(b).map(|(x, y)| beyond_ulp(x, y)).fold(0.0f32, f32::max);
         if update == 0.0 {
+            let diff = a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0f32, f32::max);
             assert_eq!(diff, 0.0, "{case}: {name} did not move in TRL's run but ours differs by {diff:e}");
             continue;
         }
@@ -357,7 +363,18 @@ fn compare(case: &str, step: u64, beta: f64, logged: &[(String, f64)], want: &Va
 }
 
 fn case(name: &'static str) -> Case {
-    let model = if name.contains("llama") { "models/tiny-llama" } else { "models/tiny-qwen2" };
+    let model = match name.strip_prefix("m_") {
+        // The families beyond Llama/Qwen2: tests/fixtures/models/tiny-<family>.
+        Some("qwen3") => "models/tiny-qwen3",
+        Some("mistral") => "models/tiny-mistral",
+        Some("olmo2") => "models/tiny-olmo2",
+        Some("smollm3") => "models/tiny-smollm3",
+        Some("gemma2") => "models/tiny-gemma2",
+        Some("gemma3") => "models/tiny-gemma3",
+        Some(other) => panic!("no fixture model for family {other}"),
+        None if name.contains("llama") => "models/tiny-llama",
+        None => "models/tiny-qwen2",
+    };
     let dataset = match &name[..1] {
         "d" | "i" => "datasets/kto_conversational.jsonl",
         "e" => "datasets/pairwise_explicit.jsonl",
@@ -452,4 +469,38 @@ fn case_h_qwen_pairwise_implicit() {
 #[test]
 fn case_i_llama_conversational() {
     on_both_backends("i_llama_conversational");
+}
+
+/// The families beyond Llama/Qwen2 (tests/fixtures/gen/model_families.py): kto_standard, SGD
+/// lr 1e-2, batch 4, 4 steps, max_length 48; every step's metrics and the final weights. (SGD:
+/// AdamW's per-element normalisation turns f32 noise in near-zero gradients into full steps,
+/// see `WEIGHT_UPDATE_REL_ADAMW`; the AdamW path is cases c and f.)
+#[test]
+fn family_qwen3() {
+    on_both_backends("m_qwen3");
+}
+
+#[test]
+fn family_mistral_with_a_sliding_window() {
+    on_both_backends("m_mistral");
+}
+
+#[test]
+fn family_olmo2() {
+    on_both_backends("m_olmo2");
+}
+
+#[test]
+fn family_smollm3_with_nope_layers() {
+    on_both_backends("m_smollm3");
+}
+
+#[test]
+fn family_gemma2_with_soft_caps() {
+    on_both_backends("m_gemma2");
+}
+
+#[test]
+fn family_gemma3_with_local_and_global_rope() {
+    on_both_backends("m_gemma3");
 }

@@ -520,3 +520,49 @@ fn an_empty_eval_prompt_is_evaluated_and_its_sample_says_why_it_is_missing() {
     let eval_loss = events.iter().find_map(|e| e.get("eval_loss").and_then(serde_json::Value::as_f64));
     assert!(eval_loss.is_some_and(f64::is_finite), "{events:?}");
 }
+
+/// Every family beyond Llama/Qwen2 through `kto train` (tests/fixtures/gen/model_families.py's
+/// settings: SGD lr 1e-2, batch 4, 4 steps, max_length 48): TRL's loss per step within 1e-5 and
+/// its exact 0 KL at step 1, the saved folder reloading with every tensor TRL's final model has;
+/// then LoRA on all linear layers, whose adapter covers every projection of every layer.
+#[test]
+fn every_family_trains_from_the_command_line() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    for family in ["qwen3", "mistral", "olmo2", "smollm3", "gemma2", "gemma3"] {
+        let out = dir.path().join(family);
+        let model = fixture(&format!("models/tiny-{family}"));
+        let args = with(case_a_args(&out), "--model", path(&model));
+        let args = with(with(args, "--max-steps", "4"), "--max-length", "48");
+        let result = run(&args);
+        assert!(result.status.success(), "{family}: {}", String::from_utf8_lossy(&result.stderr));
+        let trl = read_jsonl(&format!("trl/m_{family}/metrics.jsonl"));
+        for (o, t) in zip_eq(&read_jsonl_file(&out.join("metrics.jsonl")), &trl, "log entries") {
+            let step = t["step"].as_f64().expect("step");
+            let loss = (o["loss"].as_f64().expect("loss") - t["loss"].as_f64().expect("loss")).abs();
+            assert!(loss <= 1e-5, "{family} step {step}: loss differs by {loss}");
+            if t["kl"] == 0.0 {
+                assert_eq!(o["kl"].as_f64(), Some(0.0), "{family} step {step}: TRL's kl is exactly 0");
+            }
+        }
+        let (_, saved) = kto_models::load_model(&out, &burn::tensor::Device::flex(), &Default::default())
+            .unwrap_or_else(|e| panic!("{family}: the saved folder reloads: {e}"));
+        let trl_final =
+            kto_models::load_tensor_file(&fixture(&format!("trl/m_{family}/final_model/model.safetensors")))
+                .expect("TRL's final model");
+        let mut ours: Vec<String> = kto_models::named_tensors(&saved).into_iter().map(|t| t.0).collect();
+        let mut theirs: Vec<String> = trl_final.into_iter().map(|t| t.0).collect();
+        ours.sort();
+        theirs.sort();
+        assert_eq!(ours, theirs, "{family}: the saved tensors are TRL's");
+
+        let lora_out = dir.path().join(format!("{family}-lora"));
+        let args = with(with(case_a_args(&lora_out), "--model", path(&model)), "--max-steps", "2");
+        let args = with(with(args, "--use-peft", "true"), "--lora-target-modules", "all-linear");
+        let result = run(&args);
+        assert!(result.status.success(), "{family} LoRA: {}", String::from_utf8_lossy(&result.stderr));
+        let adapter = kto_models::load_tensor_file(&lora_out.join("adapter_model.safetensors")).expect("adapter");
+        // 2 or 4 layers × 7 projections × (lora_A, lora_B).
+        let layers = if ["smollm3", "gemma2", "gemma3"].contains(&family) { 4 } else { 2 };
+        assert_eq!(adapter.len(), layers * 7 * 2, "{family}: every projection adapted");
+    }
+}

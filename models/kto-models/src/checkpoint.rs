@@ -8,7 +8,7 @@ use burn::nn::{Embedding, Linear};
 use burn::prelude::*;
 use burn::tensor::{DType, FloatDType};
 
-use crate::config::DecoderConfig;
+use crate::config::{DecoderConfig, NormPlacement, NormScale};
 use crate::decoder::{Decoder, DecoderLayer, TransformerLm};
 use crate::error::{Error, Result, TensorProblem};
 use crate::layers::{Attention, Mlp, RmsNorm};
@@ -145,9 +145,9 @@ impl Source<'_> {
         Ok(Linear { weight: Param::from_tensor(weight), bias })
     }
 
-    fn norm(&mut self, prefix: &str, d: usize, epsilon: f64) -> Result<RmsNorm> {
+    fn norm(&mut self, prefix: &str, d: usize, epsilon: f64, scale: NormScale) -> Result<RmsNorm> {
         let w = self.values(&format!("{prefix}.weight"), &[d])?;
-        Ok(RmsNorm { weight: Param::from_tensor(self.tensor(w, [d])), epsilon })
+        Ok(RmsNorm { weight: Param::from_tensor(self.tensor(w, [d])), epsilon, scale })
     }
 }
 
@@ -164,7 +164,7 @@ pub(crate) fn transpose(values: &[f32], rows: usize, cols: usize) -> Vec<f32> {
 
 fn build(config: &DecoderConfig, src: &mut Source<'_>) -> Result<TransformerLm> {
     let (d, heads, kv, hd) = (config.hidden_size, config.num_heads, config.num_kv_heads, config.head_dim);
-    let eps = config.rms_norm_eps;
+    let (eps, scale) = (config.rms_norm_eps, config.norm_scale);
     let embed = src.values("model.embed_tokens.weight", &[config.vocab_size, d])?;
     let embed_tokens = Embedding { weight: Param::from_tensor(src.tensor(embed, [config.vocab_size, d])) };
     let mut layers = Vec::with_capacity(config.num_layers);
@@ -175,24 +175,43 @@ fn build(config: &DecoderConfig, src: &mut Source<'_>) -> Result<TransformerLm> 
             k_proj: src.linear(&format!("{p}.self_attn.k_proj"), d, kv * hd, config.qkv_bias)?.into(),
             v_proj: src.linear(&format!("{p}.self_attn.v_proj"), d, kv * hd, config.qkv_bias)?.into(),
             o_proj: src.linear(&format!("{p}.self_attn.o_proj"), heads * hd, d, config.o_bias)?.into(),
+            q_norm: match config.qk_norm_widths() {
+                Some((w, _)) => Some(src.norm(&format!("{p}.self_attn.q_norm"), w, eps, scale)?),
+                None => None,
+            },
+            k_norm: match config.qk_norm_widths() {
+                Some((_, w)) => Some(src.norm(&format!("{p}.self_attn.k_norm"), w, eps, scale)?),
+                None => None,
+            },
             n_heads: heads,
             n_kv_heads: kv,
             head_dim: hd,
+            qk_norm: config.qk_norm,
+            pattern: config.layers[i],
+            scale: config.attn_scale,
+            softcap: config.attn_softcap,
         };
         let ff = config.intermediate_size;
         let mlp = Mlp {
             gate_proj: src.linear(&format!("{p}.mlp.gate_proj"), d, ff, config.mlp_bias)?.into(),
             up_proj: src.linear(&format!("{p}.mlp.up_proj"), d, ff, config.mlp_bias)?.into(),
             down_proj: src.linear(&format!("{p}.mlp.down_proj"), ff, d, config.mlp_bias)?.into(),
+            activation: config.activation,
         };
+        let placement = config.norms;
+        let mut norm = |name: &str| src.norm(&format!("{p}.{name}"), d, eps, scale);
+        let mut optional = |present: bool, name: &str| if present { norm(name).map(Some) } else { Ok(None) };
         layers.push(DecoderLayer {
             self_attn,
             mlp,
-            input_layernorm: src.norm(&format!("{p}.input_layernorm"), d, eps)?,
-            post_attention_layernorm: src.norm(&format!("{p}.post_attention_layernorm"), d, eps)?,
+            input_layernorm: optional(placement.has_input_norm(), "input_layernorm")?,
+            post_attention_layernorm: optional(true, "post_attention_layernorm")?.expect("always present"),
+            pre_feedforward_layernorm: optional(placement == NormPlacement::Sandwich, "pre_feedforward_layernorm")?,
+            post_feedforward_layernorm: optional(placement.has_post_feedforward_norm(), "post_feedforward_layernorm")?,
+            norms: placement,
         });
     }
-    let norm = src.norm("model.norm", d, eps)?;
+    let norm = src.norm("model.norm", d, eps, scale)?;
     let lm_head =
         if config.tie_word_embeddings { None } else { Some(src.linear("lm_head", d, config.vocab_size, false)?) };
     Ok(TransformerLm::from_parts(Decoder { embed_tokens, layers, norm }, lm_head, config))
@@ -223,11 +242,25 @@ pub fn named_tensors(model: &TransformerLm) -> Vec<(String, Vec<usize>, Vec<f32>
         linear(&mut out, &format!("{p}.self_attn.k_proj"), &layer.self_attn.k_proj);
         linear(&mut out, &format!("{p}.self_attn.v_proj"), &layer.self_attn.v_proj);
         linear(&mut out, &format!("{p}.self_attn.o_proj"), &layer.self_attn.o_proj);
+        if let Some(n) = &layer.self_attn.q_norm {
+            norm(&mut out, &format!("{p}.self_attn.q_norm"), n);
+        }
+        if let Some(n) = &layer.self_attn.k_norm {
+            norm(&mut out, &format!("{p}.self_attn.k_norm"), n);
+        }
         linear(&mut out, &format!("{p}.mlp.gate_proj"), &layer.mlp.gate_proj);
         linear(&mut out, &format!("{p}.mlp.up_proj"), &layer.mlp.up_proj);
         linear(&mut out, &format!("{p}.mlp.down_proj"), &layer.mlp.down_proj);
-        norm(&mut out, &format!("{p}.input_layernorm"), &layer.input_layernorm);
+        if let Some(n) = &layer.input_layernorm {
+            norm(&mut out, &format!("{p}.input_layernorm"), n);
+        }
         norm(&mut out, &format!("{p}.post_attention_layernorm"), &layer.post_attention_layernorm);
+        if let Some(n) = &layer.pre_feedforward_layernorm {
+            norm(&mut out, &format!("{p}.pre_feedforward_layernorm"), n);
+        }
+        if let Some(n) = &layer.post_feedforward_layernorm {
+            norm(&mut out, &format!("{p}.post_feedforward_layernorm"), n);
+        }
     }
     norm(&mut out, "model.norm", &model.model.norm);
     if let Some(head) = &model.lm_head {

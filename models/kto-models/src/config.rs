@@ -1,4 +1,4 @@
-//! Hugging Face `config.json` for Llama and Qwen2, in both layouts seen in the wild.
+//! Hugging Face `config.json` of every family in `families/`, in both layouts seen in the wild.
 //!
 //! - Hub checkpoints (Llama 3, Qwen2.5): top-level `rope_theta`, `rope_scaling`, `torch_dtype`.
 //! - transformers 5 (every folder it saves): `rope_parameters: {rope_theta, rope_type, ...}`,
@@ -14,27 +14,126 @@ use serde_json::Value;
 
 use crate::error::{Error, Result};
 
-/// Model families this crate implements.
+/// Model families this crate implements (each described in `families/`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ModelFamily {
-    /// `LlamaForCausalLM` (`model_type: "llama"`): Llama 2/3, TinyLlama, Mistral-style configs
-    /// without sliding windows.
+    /// `LlamaForCausalLM` (`llama`): Llama 2/3, TinyLlama.
     Llama,
-    /// `Qwen2ForCausalLM` (`model_type: "qwen2"`): Qwen2, Qwen2.5.
+    /// `Qwen2ForCausalLM` (`qwen2`): Qwen2, Qwen2.5.
     Qwen2,
+    /// `Qwen3ForCausalLM` (`qwen3`): dense Qwen3.
+    Qwen3,
+    /// `MistralForCausalLM` (`mistral`): Mistral, Ministral, Nemo.
+    Mistral,
+    /// `Olmo2ForCausalLM` (`olmo2`): OLMo 2.
+    Olmo2,
+    /// `SmolLM3ForCausalLM` (`smollm3`): SmolLM3.
+    SmolLM3,
+    /// `Gemma2ForCausalLM` (`gemma2`): Gemma 2.
+    Gemma2,
+    /// `Gemma3ForCausalLM` (`gemma3_text`): Gemma 3's text models (1B, and the text part of the
+    /// larger ones when saved as `Gemma3ForCausalLM`).
+    Gemma3,
 }
 
 impl ModelFamily {
     /// The `model_type` values accepted.
-    pub const SUPPORTED: [&'static str; 2] = ["llama", "qwen2"];
+    pub fn supported() -> Vec<&'static str> {
+        crate::families::FAMILIES.iter().map(|f| f.model_type).collect()
+    }
+
+    /// The family's `model_type`.
+    pub fn model_type(self) -> &'static str {
+        crate::families::of(self).model_type
+    }
 
     /// The `architectures` entry transformers writes for the family.
     pub fn architecture(self) -> &'static str {
-        match self {
-            ModelFamily::Llama => "LlamaForCausalLM",
-            ModelFamily::Qwen2 => "Qwen2ForCausalLM",
+        crate::families::of(self).architecture
+    }
+}
+
+/// Where a decoder layer's norms sit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NormPlacement {
+    /// Before each block: `h = x + attn(input_layernorm(x))`,
+    /// `out = h + mlp(post_attention_layernorm(h))` (Llama and most families).
+    Pre,
+    /// After each block, no input norms: `h = x + post_attention_layernorm(attn(x))`,
+    /// `out = h + post_feedforward_layernorm(mlp(h))` (OLMo 2).
+    Post,
+    /// Before and after each block: `h = x + post_attention_layernorm(attn(input_layernorm(x)))`,
+    /// `out = h + post_feedforward_layernorm(mlp(pre_feedforward_layernorm(h)))` (Gemma 2/3).
+    Sandwich,
+}
+
+impl NormPlacement {
+    /// Whether layers have `input_layernorm`.
+    pub fn has_input_norm(self) -> bool {
+        matches!(self, Self::Pre | Self::Sandwich)
+    }
+
+    /// Whether layers have `post_feedforward_layernorm`.
+    pub fn has_post_feedforward_norm(self) -> bool {
+        matches!(self, Self::Post | Self::Sandwich)
+    }
+}
+
+/// How an RMSNorm applies its weight relative to the cast back to the activations' dtype (the
+/// same numbers in f32; different roundings in bf16).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NormScale {
+    /// `weight * x_normed.to(dtype)` (Llama, Qwen, Mistral).
+    AfterCast,
+    /// `(weight * x_normed).to(dtype)` (OLMo 2).
+    BeforeCast,
+    /// `(x_normed * (1 + weight)).to(dtype)`, all in f32 (Gemma: the stored weight is an offset
+    /// from 1, initialised to 0).
+    OffsetBeforeCast,
+}
+
+/// The MLP's activation (`hidden_act`, Gemma's `hidden_activation`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Activation {
+    /// `silu` (SwiGLU).
+    Silu,
+    /// `gelu_pytorch_tanh`: GELU's tanh approximation (GeGLU).
+    GeluTanh,
+}
+
+impl Activation {
+    /// transformers' name of an activation kto implements.
+    fn parse(name: &str) -> Option<Self> {
+        match name {
+            "silu" | "swish" => Some(Self::Silu),
+            "gelu_pytorch_tanh" => Some(Self::GeluTanh),
+            _ => None,
         }
     }
+}
+
+/// Norms applied to queries and keys before RoPE.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum QkNorm {
+    /// None.
+    None,
+    /// `q_norm`/`k_norm` over `head_dim`, applied to each head (Qwen3).
+    PerHead,
+    /// `q_norm`/`k_norm` over the whole projection (`heads · head_dim`), before the reshape
+    /// (OLMo 2).
+    FullWidth,
+}
+
+/// One layer's attention pattern.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LayerAttention {
+    /// A query sees at most this many keys, itself included (`None`: every earlier key).
+    pub sliding_window: Option<usize>,
+    /// Whether rotary position embeddings apply (SmolLM3's NoPE layers: no).
+    pub rope: bool,
+    /// Whether the layer uses the local RoPE tables ([`DecoderConfig::rope_local`]; Gemma 3's
+    /// sliding layers) rather than the global ones.
+    pub local_rope: bool,
 }
 
 /// How rotary position frequencies are scaled (`rope_scaling` / `rope_parameters.rope_type`).
@@ -67,11 +166,11 @@ pub enum RopeScaling {
     },
 }
 
-/// The keys of a Llama/Qwen2 `config.json` the models read (others are kept verbatim in
+/// The keys of a `config.json` the models read (others are kept verbatim in
 /// [`DecoderConfig::raw`]).
 #[derive(Debug, Clone, Deserialize)]
 pub struct HfConfig {
-    /// `llama` or `qwen2`.
+    /// `llama`, `qwen2`, `qwen3`, ... (see [`ModelFamily`]).
     pub model_type: Option<String>,
     /// E.g. `["Qwen2ForCausalLM"]`.
     #[serde(default)]
@@ -113,9 +212,33 @@ pub struct HfConfig {
     /// Activation; only `silu` is supported.
     #[serde(default = "default_act")]
     pub hidden_act: String,
-    /// Qwen2: sliding-window attention (unsupported when true).
+    /// Qwen2/Qwen3/SmolLM3: whether `sliding_window` applies.
     #[serde(default)]
     pub use_sliding_window: bool,
+    /// Keys a query sees (itself included) on sliding layers; `null` for none.
+    pub sliding_window: Option<usize>,
+    /// Qwen2/Qwen3: layers from this one on slide (with `use_sliding_window`).
+    pub max_window_layers: Option<usize>,
+    /// transformers 5: `full_attention` or `sliding_attention` per layer.
+    pub layer_types: Option<Vec<String>>,
+    /// SmolLM3: 1 where a layer uses RoPE, 0 for NoPE.
+    pub no_rope_layers: Option<Vec<u8>>,
+    /// SmolLM3: without `no_rope_layers`, every this-many-th layer is NoPE.
+    pub no_rope_layer_interval: Option<usize>,
+    /// Gemma: the activation (takes precedence over `hidden_act`).
+    pub hidden_activation: Option<String>,
+    /// Gemma: attention scores are scaled by `query_pre_attn_scalar^-0.5`.
+    pub query_pre_attn_scalar: Option<f64>,
+    /// Gemma: `tanh(logits / c) · c` on the output logits.
+    pub final_logit_softcapping: Option<f64>,
+    /// Gemma: `tanh(scores / c) · c` on the attention scores.
+    pub attn_logit_softcapping: Option<f64>,
+    /// Gemma 3 (Hub layout): the RoPE base of sliding layers.
+    pub rope_local_base_freq: Option<f64>,
+    /// Gemma 3 (Hub layout): every this-many-th layer is full attention, the others slide.
+    pub sliding_window_pattern: Option<usize>,
+    /// Gemma: bidirectional attention (encoder use), not causal.
+    pub use_bidirectional_attention: Option<bool>,
     /// BOS id.
     pub bos_token_id: Option<Value>,
     /// EOS id or ids.
@@ -139,7 +262,7 @@ fn default_act() -> String {
 /// Everything the decoder is built from, resolved from either config layout.
 #[derive(Debug, Clone)]
 pub struct DecoderConfig {
-    /// The family (decides the q/k/v biases).
+    /// The family.
     pub family: ModelFamily,
     /// Vocabulary rows.
     pub vocab_size: usize,
@@ -171,6 +294,26 @@ pub struct DecoderConfig {
     pub mlp_bias: bool,
     /// Tied input/output embeddings (no `lm_head.weight` in the checkpoint).
     pub tie_word_embeddings: bool,
+    /// Query/key norms.
+    pub qk_norm: QkNorm,
+    /// Where each layer's norms sit.
+    pub norms: NormPlacement,
+    /// How the norms apply their weight.
+    pub norm_scale: NormScale,
+    /// Each layer's attention window and RoPE.
+    pub layers: Vec<LayerAttention>,
+    /// The MLP's activation.
+    pub activation: Activation,
+    /// Embeddings multiplied by this (Gemma: `sqrt(hidden_size)`, in the weights' dtype).
+    pub embed_scale: Option<f64>,
+    /// Attention scores multiplied by this (default `head_dim^-0.5`).
+    pub attn_scale: Option<f64>,
+    /// Soft-cap of the attention scores.
+    pub attn_softcap: Option<f64>,
+    /// Soft-cap of the output logits.
+    pub final_softcap: Option<f64>,
+    /// RoPE base and scaling of the layers marked [`LayerAttention::local_rope`].
+    pub rope_local: Option<(f64, RopeScaling)>,
     /// End-of-sequence ids from the config.
     pub eos_token_ids: Vec<u32>,
     /// The dtype recorded on disk (`float32`, `bfloat16`, ...), if any.
@@ -201,31 +344,29 @@ impl DecoderConfig {
             serde_json::from_value(raw.clone()).map_err(|source| Error::Json { path: path.into(), source })?;
         let config_err = |field: &str, reason: String| Error::Config { path: path.into(), field: field.into(), reason };
 
-        let family = match hf.model_type.as_deref() {
-            Some("llama") => ModelFamily::Llama,
-            Some("qwen2") => ModelFamily::Qwen2,
-            other => {
-                let found = other.map(str::to_string).or_else(|| hf.architectures.first().cloned());
-                return Err(Error::UnsupportedArchitecture {
-                    path: path.into(),
-                    found: found.unwrap_or_else(|| "<no model_type>".into()),
-                    supported: vec!["llama (LlamaForCausalLM)", "qwen2 (Qwen2ForCausalLM)"],
-                });
-            }
+        let Some(spec) = hf.model_type.as_deref().and_then(crate::families::by_model_type) else {
+            let found = hf.model_type.clone().or_else(|| hf.architectures.first().cloned());
+            return Err(Error::UnsupportedArchitecture {
+                path: path.into(),
+                found: found.unwrap_or_else(|| "<no model_type>".into()),
+                supported: crate::families::FAMILIES.iter().map(|f| f.model_type).collect(),
+            });
         };
-        if let Some(arch) = hf.architectures.iter().find(|a| a.as_str() != family.architecture()) {
+        if let Some(arch) = hf.architectures.iter().find(|a| a.as_str() != spec.architecture) {
             return Err(Error::UnsupportedArchitecture {
                 path: path.into(),
                 found: arch.clone(),
-                supported: vec!["LlamaForCausalLM", "Qwen2ForCausalLM"],
+                supported: crate::families::FAMILIES.iter().map(|f| f.architecture).collect(),
             });
         }
-        if hf.hidden_act != "silu" {
-            return Err(config_err("hidden_act", format!("only `silu` is supported, got `{}`", hf.hidden_act)));
-        }
-        if hf.use_sliding_window {
-            return Err(config_err("use_sliding_window", "sliding-window attention is not supported".into()));
-        }
+        let (act_key, act_name) = match &hf.hidden_activation {
+            Some(name) => ("hidden_activation", name.as_str()),
+            None => ("hidden_act", hf.hidden_act.as_str()),
+        };
+        let activation = Activation::parse(act_name).ok_or_else(|| {
+            config_err(act_key, format!("`{act_name}` is not implemented (supported: silu, gelu_pytorch_tanh)"))
+        })?;
+        let arch = (spec.describe)(&hf).map_err(|(field, reason)| config_err(field, reason))?;
         if hf.num_attention_heads == 0
             || (!hf.hidden_size.is_multiple_of(hf.num_attention_heads) && hf.head_dim.is_none())
         {
@@ -255,9 +396,14 @@ impl DecoderConfig {
             }
             _ => (hf.rope_theta, hf.rope_scaling.clone().filter(|v| !v.is_null())),
         };
-        let rope_theta = theta.unwrap_or(10_000.0);
-        let rope_scaling = parse_rope_scaling(scaling.as_ref(), hf.max_position_embeddings)
-            .map_err(|reason| config_err("rope_scaling", reason))?;
+        let (rope_theta, rope_scaling) = match arch.rope {
+            Some(global) => global,
+            None => (
+                theta.unwrap_or(10_000.0),
+                parse_rope_scaling(scaling.as_ref(), hf.max_position_embeddings)
+                    .map_err(|reason| config_err("rope_scaling", reason))?,
+            ),
+        };
 
         let eos_token_ids = match &hf.eos_token_id {
             None | Some(Value::Null) => vec![],
@@ -265,12 +411,8 @@ impl DecoderConfig {
             Some(Value::Array(items)) => items.iter().filter_map(Value::as_u64).map(|v| v as u32).collect(),
             Some(other) => return Err(config_err("eos_token_id", format!("expected an id or a list, found {other}"))),
         };
-        let (qkv_bias, o_bias) = match family {
-            ModelFamily::Qwen2 => (true, false),
-            ModelFamily::Llama => (hf.attention_bias, hf.attention_bias),
-        };
         Ok(DecoderConfig {
-            family,
+            family: spec.family,
             vocab_size: hf.vocab_size,
             hidden_size: hf.hidden_size,
             intermediate_size: hf.intermediate_size,
@@ -282,10 +424,20 @@ impl DecoderConfig {
             rope_theta,
             rope_scaling,
             max_position_embeddings: hf.max_position_embeddings,
-            qkv_bias,
-            o_bias,
-            mlp_bias: family == ModelFamily::Llama && hf.mlp_bias,
+            qkv_bias: arch.qkv_bias,
+            o_bias: arch.o_bias,
+            mlp_bias: arch.mlp_bias,
             tie_word_embeddings: hf.tie_word_embeddings,
+            qk_norm: arch.qk_norm,
+            norms: arch.norms,
+            norm_scale: arch.norm_scale,
+            layers: arch.layers,
+            activation,
+            embed_scale: arch.embed_scale,
+            attn_scale: arch.attn_scale,
+            attn_softcap: arch.attn_softcap,
+            final_softcap: arch.final_softcap,
+            rope_local: arch.rope_local,
             eos_token_ids,
             stored_dtype: hf.torch_dtype.or(hf.dtype),
             raw,
@@ -293,7 +445,10 @@ impl DecoderConfig {
     }
 }
 
-fn parse_rope_scaling(value: Option<&Value>, max_positions: usize) -> std::result::Result<RopeScaling, String> {
+pub(crate) fn parse_rope_scaling(
+    value: Option<&Value>,
+    max_positions: usize,
+) -> std::result::Result<RopeScaling, String> {
     let Some(obj) = value.and_then(Value::as_object) else {
         return Ok(RopeScaling::Default);
     };
@@ -355,7 +510,7 @@ mod tests {
         let err = parse(&format!(r#"{{"model_type": "gpt2", {BASE}}}"#)).unwrap_err();
         assert_eq!(
             err.to_string(),
-            "config.json: unsupported architecture `gpt2`; supported: llama (LlamaForCausalLM), qwen2 (Qwen2ForCausalLM)"
+            "config.json: unsupported architecture `gpt2`; supported: llama, qwen2, qwen3, mistral, olmo2, smollm3, gemma2, gemma3_text"
         );
         let err =
             parse(&format!(r#"{{"model_type": "qwen2", {BASE}, "rope_scaling": {{"type": "yarn", "factor": 4.0}}}}"#))
@@ -363,6 +518,101 @@ mod tests {
         assert_eq!(
             err.to_string(),
             "config.json: field `rope_scaling`: unsupported rope type `yarn`; supported: default, linear, dynamic, llama3"
+        );
+    }
+
+    #[test]
+    fn families_resolve_their_layer_patterns() {
+        let layers = r#""vocab_size": 10, "hidden_size": 8, "intermediate_size": 16, "num_hidden_layers": 4,
+            "num_attention_heads": 2, "num_key_value_heads": 1, "rms_norm_eps": 1e-6"#;
+        let window = |c: &DecoderConfig| c.layers.iter().map(|l| l.sliding_window).collect::<Vec<_>>();
+        let rope = |c: &DecoderConfig| c.layers.iter().map(|l| l.rope).collect::<Vec<_>>();
+        // Mistral: every layer slides.
+        let mistral =
+            parse(&format!(r#"{{"model_type": "mistral", {layers}, "sliding_window": 8, "head_dim": null}}"#))
+                .expect("mistral");
+        assert_eq!(window(&mistral), [Some(8); 4]);
+        assert_eq!((mistral.head_dim, mistral.qk_norm), (4, QkNorm::None));
+        // Qwen2/Qwen3: from max_window_layers on, only with use_sliding_window; else ignored.
+        let qwen = |extra: &str| parse(&format!(r#"{{"model_type": "qwen3", {layers}, "head_dim": 6, {extra}}}"#));
+        let sliding = qwen(r#""use_sliding_window": true, "sliding_window": 16, "max_window_layers": 2"#).expect("q3");
+        assert_eq!(window(&sliding), [None, None, Some(16), Some(16)]);
+        assert_eq!((sliding.head_dim, sliding.qk_norm, sliding.qkv_bias), (6, QkNorm::PerHead, false));
+        assert_eq!(window(&qwen(r#""use_sliding_window": false, "sliding_window": 16"#).expect("q3")), [None; 4]);
+        // transformers 5's layer_types.
+        let typed = qwen(
+            r#""use_sliding_window": true, "sliding_window": 16,
+            "layer_types": ["sliding_attention", "full_attention", "sliding_attention", "full_attention"]"#,
+        )
+        .expect("layer_types");
+        assert_eq!(window(&typed), [Some(16), None, Some(16), None]);
+        // SmolLM3: NoPE every interval-th layer without a list.
+        let smol = parse(&format!(r#"{{"model_type": "smollm3", {layers}, "no_rope_layer_interval": 2}}"#)).expect("s");
+        assert_eq!(rope(&smol), [true, false, true, false]);
+        let listed = parse(&format!(r#"{{"model_type": "smollm3", {layers}, "no_rope_layers": [1, 1, 1, 0]}}"#));
+        assert_eq!(rope(&listed.expect("list")), [true, true, true, false]);
+        // Gemma 3 (Hub layout): every 2nd layer full; local base on sliding layers, global with scaling.
+        let gemma3 = parse(&format!(
+            r#"{{"model_type": "gemma3_text", {layers}, "sliding_window": 8, "sliding_window_pattern": 2,
+            "rope_theta": 1000000.0, "rope_local_base_freq": 10000.0, "query_pre_attn_scalar": 16,
+            "rope_scaling": {{"rope_type": "linear", "factor": 2.0}}, "hidden_activation": "gelu_pytorch_tanh"}}"#
+        ))
+        .expect("gemma3");
+        assert_eq!(window(&gemma3), [Some(8), None, Some(8), None]);
+        let local: Vec<bool> = gemma3.layers.iter().map(|l| l.local_rope).collect();
+        assert_eq!(local, [true, false, true, false]);
+        assert_eq!((gemma3.rope_theta, gemma3.rope_scaling), (1e6, RopeScaling::Linear { factor: 2.0 }));
+        assert_eq!(gemma3.rope_local, Some((1e4, RopeScaling::Default)));
+        assert_eq!((gemma3.attn_scale, gemma3.embed_scale), (Some(0.25), Some(8f64.sqrt())));
+        assert_eq!((gemma3.activation, gemma3.norms), (Activation::GeluTanh, NormPlacement::Sandwich));
+        // The same in transformers 5's layout.
+        let v5 = parse(&format!(
+            r#"{{"model_type": "gemma3_text", {layers}, "sliding_window": 8, "query_pre_attn_scalar": 16,
+            "layer_types": ["sliding_attention", "full_attention", "sliding_attention", "full_attention"],
+            "rope_parameters": {{"full_attention": {{"rope_type": "linear", "factor": 2.0, "rope_theta": 1000000.0}},
+            "sliding_attention": {{"rope_type": "default", "rope_theta": 10000.0}}}}, "hidden_activation": "gelu_pytorch_tanh"}}"#
+        ))
+        .expect("gemma3 v5");
+        assert_eq!(
+            (v5.rope_theta, v5.rope_scaling, v5.rope_local),
+            (gemma3.rope_theta, gemma3.rope_scaling, gemma3.rope_local)
+        );
+        assert_eq!(window(&v5), window(&gemma3));
+        // OLMo 2: post-norms, full-width q/k norms, the weight applied before the cast.
+        let olmo = parse(&format!(r#"{{"model_type": "olmo2", {layers}}}"#)).expect("olmo2");
+        assert_eq!(
+            (olmo.norms, olmo.qk_norm, olmo.norm_scale),
+            (NormPlacement::Post, QkNorm::FullWidth, NormScale::BeforeCast)
+        );
+    }
+
+    #[test]
+    fn values_a_family_would_silently_drop_are_refused_by_name() {
+        let err = parse(&format!(r#"{{"model_type": "llama", {BASE}, "sliding_window": 4096}}"#)).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "config.json: field `sliding_window`: 4096: this family has no sliding-window attention in transformers"
+        );
+        let err =
+            parse(&format!(r#"{{"model_type": "gemma2", {BASE}, "use_bidirectional_attention": true}}"#)).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "config.json: field `use_bidirectional_attention`: true: kto trains causal decoders only"
+        );
+        let err = parse(&format!(r#"{{"model_type": "llama", {BASE}, "hidden_act": "relu"}}"#)).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "config.json: field `hidden_act`: `relu` is not implemented (supported: silu, gelu_pytorch_tanh)"
+        );
+        let err = parse(&format!(r#"{{"model_type": "smollm3", {BASE}, "no_rope_layers": [1, 0, 1]}}"#)).unwrap_err();
+        assert_eq!(err.to_string(), "config.json: field `no_rope_layers`: has 3 entries for 1 layers");
+        let err = parse(&format!(
+            r#"{{"model_type": "qwen3", {BASE}, "use_sliding_window": false, "layer_types": ["sliding_attention"]}}"#
+        ))
+        .unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "config.json: field `layer_types`: names a sliding layer but sliding_window is null"
         );
     }
 }

@@ -1,26 +1,78 @@
-//! The decoder shared by Llama and Qwen2, and the causal LM on top of it.
+//! The one decoder every family in `families/` configures, and the causal LM on top of it.
 
 use burn::nn::{Embedding, EmbeddingConfig, Linear, LinearConfig};
 use burn::prelude::*;
 use kto_core::CausalLm;
 
-use crate::config::DecoderConfig;
+use crate::config::{DecoderConfig, NormPlacement, NormScale, QkNorm};
 use crate::layers::{
     Attention, AttentionConfig, LayerCache, LoraConfig, Mlp, MlpConfig, Projection, RmsNorm, RmsNormConfig,
-    RotaryEmbedding,
+    RotaryEmbedding, RotaryTables,
 };
 
-/// One pre-norm decoder layer: `h = x + attn(norm(x))`, `out = h + mlp(norm(h))`.
+/// One decoder layer. With [`NormPlacement::Pre`]: `h = x + attn(input_layernorm(x))`,
+/// `out = h + mlp(post_attention_layernorm(h))`; with [`NormPlacement::Post`] (no input norm):
+/// `h = x + post_attention_layernorm(attn(x))`, `out = h + post_feedforward_layernorm(mlp(h))`.
 #[derive(Module, Debug)]
 pub struct DecoderLayer {
     /// `self_attn`.
     pub self_attn: Attention,
     /// `mlp`.
     pub mlp: Mlp,
-    /// `input_layernorm`.
-    pub input_layernorm: RmsNorm,
-    /// `post_attention_layernorm`.
+    /// `input_layernorm` (pre-norm layers).
+    pub input_layernorm: Option<RmsNorm>,
+    /// `post_attention_layernorm`: before the MLP (pre-norm), after attention (post-norm).
     pub post_attention_layernorm: RmsNorm,
+    /// `pre_feedforward_layernorm` (sandwich layers: before the MLP).
+    pub pre_feedforward_layernorm: Option<RmsNorm>,
+    /// `post_feedforward_layernorm` (post-norm and sandwich layers: after the MLP).
+    pub post_feedforward_layernorm: Option<RmsNorm>,
+    /// Where the norms sit.
+    #[module(skip)]
+    pub norms: NormPlacement,
+}
+
+impl DecoderLayer {
+    /// The layer over `x`, attending through `cache` when given.
+    fn forward(
+        &self,
+        x: Tensor<3>,
+        (global, local): (&RotaryTables, Option<&RotaryTables>),
+        attention_mask: Tensor<2, Bool>,
+        cache: Option<&mut Option<LayerCache>>,
+    ) -> Tensor<3> {
+        let norm = |n: &Option<RmsNorm>, t: Tensor<3>| match n {
+            Some(n) => n.forward(t),
+            None => t,
+        };
+        let tables = match local {
+            Some(local) if self.self_attn.pattern.local_rope => local,
+            _ => global,
+        };
+        match self.norms {
+            NormPlacement::Pre => {
+                let h =
+                    x.clone() + self.self_attn.forward(norm(&self.input_layernorm, x), tables, attention_mask, cache);
+                h.clone() + self.mlp.forward(self.post_attention_layernorm.forward(h))
+            }
+            NormPlacement::Post => {
+                let attn = self.self_attn.forward(x.clone(), tables, attention_mask, cache);
+                let h = x + self.post_attention_layernorm.forward(attn);
+                h.clone() + norm(&self.post_feedforward_layernorm, self.mlp.forward(h))
+            }
+            NormPlacement::Sandwich => {
+                let input = norm(&self.input_layernorm, x.clone());
+                let h = x + self.post_attention_layernorm.forward(self.self_attn.forward(
+                    input,
+                    tables,
+                    attention_mask,
+                    cache,
+                ));
+                let mlp = self.mlp.forward(norm(&self.pre_feedforward_layernorm, h.clone()));
+                h + norm(&self.post_feedforward_layernorm, mlp)
+            }
+        }
+    }
 }
 
 /// The transformer body (`model.*` in the checkpoint).
@@ -44,6 +96,30 @@ pub struct TransformerLm {
     pub lm_head: Option<Linear>,
     #[module(skip)]
     rope: RotaryEmbedding,
+    /// What some families add around the layers (embedding scale, logit soft-cap, local RoPE).
+    #[module(skip)]
+    extras: LmExtras,
+}
+
+/// The family options that live outside the layers.
+#[derive(Debug, Clone, Default)]
+struct LmExtras {
+    /// Embeddings × this, rounded to the weights' dtype (Gemma: `sqrt(hidden_size)`).
+    embed_scale: Option<f64>,
+    /// `tanh(logits / c) · c` (Gemma 2's `final_logit_softcapping`).
+    final_softcap: Option<f64>,
+    /// The local RoPE of layers marked `local_rope` (Gemma 3's sliding layers).
+    rope_local: Option<RotaryEmbedding>,
+}
+
+impl LmExtras {
+    fn of(config: &DecoderConfig) -> Self {
+        Self {
+            embed_scale: config.embed_scale,
+            final_softcap: config.final_softcap,
+            rope_local: config.rope_local.map(|(theta, scaling)| RotaryEmbedding::new(config.head_dim, theta, scaling)),
+        }
+    }
 }
 
 /// Keys and values of every layer for incremental decoding.
@@ -93,16 +169,44 @@ impl DecoderConfig {
     }
 
     fn init_raw(&self, device: &Device) -> TransformerLm {
-        let norm = || RmsNormConfig::new(self.hidden_size).with_epsilon(self.rms_norm_eps).init(device);
+        let norm_of = |d: usize| {
+            let norm = RmsNormConfig::new(d).with_epsilon(self.rms_norm_eps).init(device).with_scale(self.norm_scale);
+            if self.norm_scale == NormScale::OffsetBeforeCast {
+                // Gemma stores `w` of `1 + w`: transformers initialises it to 0.
+                RmsNorm { weight: burn::module::Param::from_tensor(norm.weight.val().zeros_like()), ..norm }
+            } else {
+                norm
+            }
+        };
+        let norm = || norm_of(self.hidden_size);
         let layers = (0..self.num_layers)
-            .map(|_| DecoderLayer {
-                self_attn: AttentionConfig::new(self.hidden_size, self.num_heads, self.num_kv_heads, self.head_dim)
-                    .with_qkv_bias(self.qkv_bias)
-                    .with_o_bias(self.o_bias)
-                    .init(device),
-                mlp: MlpConfig::new(self.hidden_size, self.intermediate_size).with_bias(self.mlp_bias).init(device),
-                input_layernorm: norm(),
-                post_attention_layernorm: norm(),
+            .map(|i| {
+                let self_attn =
+                    AttentionConfig::new(self.hidden_size, self.num_heads, self.num_kv_heads, self.head_dim)
+                        .with_qkv_bias(self.qkv_bias)
+                        .with_o_bias(self.o_bias)
+                        .init(device);
+                let (q_width, k_width) = self.qk_norm_widths().unzip();
+                DecoderLayer {
+                    self_attn: Attention {
+                        q_norm: q_width.map(norm_of),
+                        k_norm: k_width.map(norm_of),
+                        qk_norm: self.qk_norm,
+                        pattern: self.layers[i],
+                        scale: self.attn_scale,
+                        softcap: self.attn_softcap,
+                        ..self_attn
+                    },
+                    mlp: Mlp {
+                        activation: self.activation,
+                        ..MlpConfig::new(self.hidden_size, self.intermediate_size).with_bias(self.mlp_bias).init(device)
+                    },
+                    input_layernorm: self.norms.has_input_norm().then(norm),
+                    post_attention_layernorm: norm(),
+                    pre_feedforward_layernorm: (self.norms == NormPlacement::Sandwich).then(norm),
+                    post_feedforward_layernorm: self.norms.has_post_feedforward_norm().then(norm),
+                    norms: self.norms,
+                }
             })
             .collect();
         TransformerLm {
@@ -114,6 +218,16 @@ impl DecoderConfig {
             lm_head: (!self.tie_word_embeddings)
                 .then(|| LinearConfig::new(self.hidden_size, self.vocab_size).with_bias(false).init(device)),
             rope: self.rotary(),
+            extras: LmExtras::of(self),
+        }
+    }
+
+    /// Widths of `q_norm` and `k_norm`, when the family has them.
+    pub(crate) fn qk_norm_widths(&self) -> Option<(usize, usize)> {
+        match self.qk_norm {
+            QkNorm::None => None,
+            QkNorm::PerHead => Some((self.head_dim, self.head_dim)),
+            QkNorm::FullWidth => Some((self.num_heads * self.head_dim, self.num_kv_heads * self.head_dim)),
         }
     }
 
@@ -124,7 +238,7 @@ impl DecoderConfig {
 
 impl TransformerLm {
     pub(crate) fn from_parts(model: Decoder, lm_head: Option<Linear>, config: &DecoderConfig) -> Self {
-        Self { model, lm_head, rope: config.rotary() }
+        Self { model, lm_head, rope: config.rotary(), extras: LmExtras::of(config) }
     }
 
     /// Hidden states of new positions, attending to the cache (when given) and updating it.
@@ -146,17 +260,20 @@ impl TransformerLm {
             cache.layers.resize(self.model.layers.len(), None);
         }
         let tables = self.rope.tables(past, seq, past + seq, &device);
+        let local = self.extras.rope_local.as_ref().map(|rope| rope.tables(past, seq, past + seq, &device));
         let mut x = self.model.embed_tokens.forward(input_ids); // [batch, seq, d_model]
+        if let Some(scale) = self.extras.embed_scale {
+            // transformers multiplies by the scale cast to the weights' dtype.
+            let scale = if x.dtype() == burn::tensor::DType::BF16 {
+                f64::from(half::bf16::from_f64(scale).to_f32())
+            } else {
+                f64::from(scale as f32)
+            };
+            x = x * scale;
+        }
         for (i, layer) in self.model.layers.iter().enumerate() {
             let slot = cache.as_mut().map(|c| &mut c.layers[i]);
-            let attn = layer.self_attn.forward(
-                layer.input_layernorm.forward(x.clone()),
-                &tables,
-                attention_mask.clone(),
-                slot,
-            );
-            let h = x + attn;
-            x = h.clone() + layer.mlp.forward(layer.post_attention_layernorm.forward(h));
+            x = layer.forward(x, (&tables, local.as_ref()), attention_mask.clone(), slot);
         }
         self.model.norm.forward(x)
     }
@@ -190,6 +307,21 @@ impl CausalLm for TransformerLm {
     }
 
     fn project(&self, hidden: Tensor<3>) -> Tensor<3> {
+        let logits = self.head(hidden);
+        match self.extras.final_softcap {
+            Some(cap) => (logits / cap).tanh() * cap,
+            None => logits,
+        }
+    }
+
+    fn vocab_size(&self) -> usize {
+        self.model.embed_tokens.weight.dims()[0]
+    }
+}
+
+impl TransformerLm {
+    /// The output head's logits, before any soft-cap.
+    fn head(&self, hidden: Tensor<3>) -> Tensor<3> {
         match &self.lm_head {
             Some(head) => head.forward(hidden),
             None => {
@@ -201,10 +333,6 @@ impl CausalLm for TransformerLm {
             }
         }
     }
-
-    fn vocab_size(&self) -> usize {
-        self.model.embed_tokens.weight.dims()[0]
-    }
 }
 
 /// LoRA on the decoder's projections.
@@ -212,13 +340,21 @@ impl TransformerLm {
     /// Rebuilds the model with `f` applied to every projection, given its checkpoint prefix
     /// (`model.layers.3.self_attn.q_proj`) and name (`q_proj`).
     pub fn map_projections(self, mut f: impl FnMut(&str, &'static str, Projection) -> Projection) -> Self {
-        let Self { model, lm_head, rope } = self;
+        let Self { model, lm_head, rope, extras } = self;
         let Decoder { embed_tokens, layers, norm } = model;
         let layers = layers
             .into_iter()
             .enumerate()
             .map(|(i, layer)| {
-                let DecoderLayer { self_attn, mlp, input_layernorm, post_attention_layernorm } = layer;
+                let DecoderLayer {
+                    self_attn,
+                    mlp,
+                    input_layernorm,
+                    post_attention_layernorm,
+                    pre_feedforward_layernorm,
+                    post_feedforward_layernorm,
+                    norms,
+                } = layer;
                 let mut p = |group: &str, name: &'static str, proj: Projection| {
                     f(&format!("model.layers.{i}.{group}.{name}"), name, proj)
                 };
@@ -233,11 +369,20 @@ impl TransformerLm {
                     gate_proj: p("mlp", "gate_proj", mlp.gate_proj),
                     up_proj: p("mlp", "up_proj", mlp.up_proj),
                     down_proj: p("mlp", "down_proj", mlp.down_proj),
+                    activation: mlp.activation,
                 };
-                DecoderLayer { self_attn, mlp, input_layernorm, post_attention_layernorm }
+                DecoderLayer {
+                    self_attn,
+                    mlp,
+                    input_layernorm,
+                    post_attention_layernorm,
+                    pre_feedforward_layernorm,
+                    post_feedforward_layernorm,
+                    norms,
+                }
             })
             .collect();
-        Self { model: Decoder { embed_tokens, layers, norm }, lm_head, rope }
+        Self { model: Decoder { embed_tokens, layers, norm }, lm_head, rope, extras }
     }
 
     /// Every projection with its checkpoint prefix, in checkpoint order.

@@ -1,6 +1,7 @@
-//! # kto-models: Llama and Qwen2 on burn for KTO
+//! # kto-models: decoder families on burn for KTO
 //!
-//! One decoder ([`TransformerLm`]) shared by the Llama and Qwen2 families, implementing
+//! One decoder ([`TransformerLm`]) configured by each family's description in `families/`
+//! (Llama, Qwen2, Qwen3, Mistral, OLMo 2, SmolLM3, Gemma 2, Gemma 3), implementing
 //! [`kto_core::CausalLm`]; Hugging Face folders in ([`load_model`]) and out ([`save_model`]);
 //! incremental decoding with a [`KvCache`].
 //!
@@ -20,6 +21,7 @@ mod checkpoint;
 mod config;
 mod decoder;
 mod error;
+mod families;
 mod generate;
 mod layers;
 mod peft;
@@ -27,7 +29,9 @@ mod safetensors_io;
 
 pub use atomic::{sync_folder, write_atomic, write_atomic_with};
 pub use checkpoint::{COMPANION_FILES, LoadOptions, SaveOptions, load_model, named_tensors, replace_dir, save_model};
-pub use config::{DecoderConfig, HfConfig, ModelFamily, RopeScaling};
+pub use config::{
+    Activation, DecoderConfig, HfConfig, LayerAttention, ModelFamily, NormPlacement, NormScale, QkNorm, RopeScaling,
+};
 pub use decoder::{Decoder, DecoderLayer, KvCache, TransformerLm};
 pub use error::{Error, Result, TensorProblem};
 pub use generate::{GenerationConfig, generate};

@@ -23,15 +23,29 @@ fn assert_bit_exact(a: &Named, b: &Named) {
 
 #[test]
 fn load_save_load_is_bit_exact_and_keeps_hf_layout() {
-    for model in ["models/tiny-qwen2", "models/tiny-llama"] {
+    let families = ["qwen3", "mistral", "olmo2", "smollm3", "gemma2", "gemma3"].map(|f| format!("models/tiny-{f}"));
+    for model in ["models/tiny-qwen2", "models/tiny-llama"].into_iter().chain(families.iter().map(String::as_str)) {
         let src = fixture(model);
         let (config, lm) = load(&src);
         let dir = tempfile::tempdir().expect("temp dir");
         let out = dir.path().join("saved");
         save_model(&lm, &config, Some(&src), &out, &SaveOptions::default()).expect("saves");
         for f in ["config.json", "model.safetensors", "tokenizer.json", "generation_config.json"] {
-            assert!(out.join(f).is_file(), "{model}: {f} written");
+            assert_eq!(out.join(f).is_file(), src.join(f).is_file(), "{model}: {f} written when the source has it");
         }
+        // The keys, shapes and values transformers wrote, no more and no fewer.
+        let keys = |folder: &Path| {
+            let mut t = kto_models::load_tensor_file(&folder.join("model.safetensors")).expect("tensors");
+            t.sort_by(|a, b| a.0.cmp(&b.0));
+            t
+        };
+        let (theirs, ours) = (keys(&src), keys(&out));
+        assert_eq!(
+            ours.iter().map(|t| (&t.0, &t.1)).collect::<Vec<_>>(),
+            theirs.iter().map(|t| (&t.0, &t.1)).collect::<Vec<_>>(),
+            "{model}: saved keys and shapes"
+        );
+        assert!(ours.iter().zip(&theirs).all(|(a, b)| a.2 == b.2), "{model}: saved values");
         let (config2, lm2) = load(&out);
         assert_eq!(config2.tie_word_embeddings, config.tie_word_embeddings);
         let (a, b) = (named_tensors(&lm), named_tensors(&lm2));

@@ -36,3 +36,27 @@ fn cached_generation_equals_recomputation_token_for_token() {
         assert_eq!(generate(&lm, &prompt, &stop, &device), vec![first]);
     }
 }
+
+/// Greedy generation with the KV cache equals transformers' (`model.generate`, eager attention,
+/// 24 new tokens, no EOS stop; tests/fixtures/gen/model_families.py) for every family beyond
+/// Llama/Qwen2: Mistral's 23-token prompts plus 24 new tokens run far past its window of 8, so
+/// the cache's keys outside the window must be masked, and SmolLM3's NoPE layers must skip RoPE
+/// at every cached position too.
+#[test]
+fn greedy_generation_equals_transformers_for_every_family() {
+    for family in ["qwen3", "mistral", "olmo2", "smollm3", "gemma2", "gemma3"] {
+        let device = Device::flex();
+        let (_, lm) =
+            load_model(&fixture(&format!("models/tiny-{family}")), &device, &LoadOptions::default()).expect("loads");
+        let greedy = GenerationConfig { max_new_tokens: 24, eos_token_ids: vec![], ..GenerationConfig::default() };
+        let expected = kto_testkit::read_jsonl(&format!("trl/m_{family}/generation.jsonl"));
+        assert_eq!(expected.len(), 3, "{family}: three prompts");
+        for (i, row) in expected.iter().enumerate() {
+            let ids = |key: &str| -> Vec<u32> {
+                row[key].as_array().expect(key).iter().map(|v| v.as_u64().expect("id") as u32).collect()
+            };
+            let got = generate(&lm, &ids("prompt_ids"), &greedy, &device);
+            assert_eq!(got, ids("new_ids"), "{family} prompt {i}: greedy continuation");
+        }
+    }
+}

@@ -66,12 +66,16 @@ fn check_case(case: &str, model_dir: &str, pad: i64, max_length: usize) {
     for (backend, device) in parity_devices() {
         let (_, model) = load_model(&fixture(model_dir), &device, &LoadOptions::default()).expect("fixture loads");
         let expected = read_jsonl(&format!("trl/{case}/logps.jsonl"));
+        let mut worst = 0.0f64;
         for (key, completion_key) in [("policy_logp", "completion_ids"), ("policy_KL_logp", "KL_completion_ids")] {
             let got = logps(&model, &rows(case, completion_key, max_length), pad, &device);
             for (i, (g, e)) in zip_eq(&got, &expected, &format!("{backend} {case} {key}")).enumerate() {
-                assert_close!(*g, e[key].as_f64().expect("logp"), CROSS_FRAMEWORK, "{backend} {case} row {i} {key}");
+                let want = e[key].as_f64().expect("logp");
+                assert_close!(*g, want, CROSS_FRAMEWORK, "{backend} {case} row {i} {key}");
+                worst = worst.max((f64::from(*g) - want).abs() / want.abs().max(1.0));
             }
         }
+        eprintln!("{backend} {case}: sequence log-probs within {worst:.2e} (relative) of TRL's");
 
         // The trainer's path: each row's matched and KL sequences in one pass that computes the
         // shared prompt once. Same values as above, against TRL's and against the separate passes.
@@ -143,10 +147,36 @@ fn tiny_llama_matches_transformers_with_truncation() {
     check_case("c_llama_weighted_adamw_ga2_trunc", "models/tiny-llama", 899, 48);
 }
 
+/// The families beyond Llama/Qwen2 (tests/fixtures/gen/model_families.py): tiny random
+/// checkpoints in the Hub config layout, TRL's per-row log-probs at max_length 48 (rows up to 48
+/// tokens, longer than Mistral's window of 8).
+const FAMILY_CASES: [(&str, &str, i64); 6] = [
+    // head_dim 24 ≠ 64 / 4, per-head q/k norms, tied; pad <|endoftext|> = 997.
+    ("m_qwen3", "models/tiny-qwen3", 997),
+    // sliding_window 8; pad = eos <|eot_id|> = 899.
+    ("m_mistral", "models/tiny-mistral", 899),
+    // post-norms, q/k norms over the whole projection.
+    ("m_olmo2", "models/tiny-olmo2", 899),
+    // NoPE on layers 1 and 3, tied.
+    ("m_smollm3", "models/tiny-smollm3", 899),
+    // sandwich (1 + w) norms, soft-caps 3 (scores) and 5 (logits), alternating windows of 8.
+    ("m_gemma2", "models/tiny-gemma2", 997),
+    // per-head q/k norms, local and global RoPE (linear ×2), sliding_window_pattern 2.
+    ("m_gemma3", "models/tiny-gemma3", 997),
+];
+
+#[test]
+fn every_family_matches_transformers() {
+    for (case, model_dir, pad) in FAMILY_CASES {
+        check_case(case, model_dir, pad, 48);
+    }
+}
+
 #[test]
 fn trained_final_models_in_transformers5_layout_match() {
-    for (case, pad, max_length) in [("a_qwen_kto_sgd", 997, usize::MAX), ("c_llama_weighted_adamw_ga2_trunc", 899, 48)]
-    {
+    let families = FAMILY_CASES.map(|(case, _, pad)| (case, pad, 48));
+    let cases = [("a_qwen_kto_sgd", 997, usize::MAX), ("c_llama_weighted_adamw_ga2_trunc", 899, 48)];
+    for (case, pad, max_length) in cases.into_iter().chain(families) {
         let device = Device::flex();
         let folder = fixture(&format!("trl/{case}/final_model"));
         let (config, model) = load_model(&folder, &device, &LoadOptions::default()).expect("final_model loads");
@@ -224,10 +254,11 @@ fn prompt_sharing_keeps_the_policy_gradient() {
 #[test]
 fn autodiff_policy_and_plain_reference_give_bit_identical_log_probs() {
     for (backend, device) in parity_devices() {
-        for (case, model_dir, pad) in [
+        let cases = [
             ("a_qwen_kto_sgd", "models/tiny-qwen2", 997),
             ("c_llama_weighted_adamw_ga2_trunc", "models/tiny-llama", 899),
-        ] {
+        ];
+        for (case, model_dir, pad) in cases.into_iter().chain(FAMILY_CASES) {
             let train = device.clone().autodiff();
             let (_, policy) = load_model(&fixture(model_dir), &train, &LoadOptions::default()).expect("loads");
             let (_, reference) = load_model(&fixture(model_dir), &device, &LoadOptions::default()).expect("loads");

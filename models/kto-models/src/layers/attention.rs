@@ -1,11 +1,13 @@
-//! Grouped-query self-attention with rotary positions, causal + padding masks and a KV cache.
+//! Grouped-query self-attention with rotary positions (or none), optional query/key norms,
+//! causal + sliding-window + padding masks and a KV cache.
 
 use burn::nn::LinearConfig;
 use burn::prelude::*;
 use burn::tensor::FloatDType;
 
-use super::RotaryTables;
 use super::lora::Projection;
+use super::{RmsNorm, RotaryTables};
+use crate::config::{LayerAttention, QkNorm};
 
 /// Configuration of an [`Attention`] block.
 #[derive(Config, Debug)]
@@ -42,9 +44,15 @@ impl AttentionConfig {
             k_proj: proj(self.d_model, self.n_kv_heads * self.head_dim, self.qkv_bias),
             v_proj: proj(self.d_model, self.n_kv_heads * self.head_dim, self.qkv_bias),
             o_proj: proj(self.n_heads * self.head_dim, self.d_model, self.o_bias),
+            q_norm: None,
+            k_norm: None,
             n_heads: self.n_heads,
             n_kv_heads: self.n_kv_heads,
             head_dim: self.head_dim,
+            qk_norm: QkNorm::None,
+            pattern: LayerAttention { sliding_window: None, rope: true, local_rope: false },
+            scale: None,
+            softcap: None,
         }
     }
 }
@@ -60,12 +68,28 @@ pub struct Attention {
     pub v_proj: Projection,
     /// `[n_heads · head_dim, d_model]`
     pub o_proj: Projection,
+    /// `q_norm` (Qwen3: over `head_dim`; OLMo 2: over `n_heads · head_dim`).
+    pub q_norm: Option<RmsNorm>,
+    /// `k_norm` (Qwen3: over `head_dim`; OLMo 2: over `n_kv_heads · head_dim`).
+    pub k_norm: Option<RmsNorm>,
     /// Query heads.
     pub n_heads: usize,
     /// Key/value heads.
     pub n_kv_heads: usize,
     /// Per-head width.
     pub head_dim: usize,
+    /// How `q_norm`/`k_norm` apply.
+    #[module(skip)]
+    pub qk_norm: QkNorm,
+    /// The layer's window and RoPE.
+    #[module(skip)]
+    pub pattern: LayerAttention,
+    /// The scores' scale (`None`: `head_dim^-0.5`; Gemma: `query_pre_attn_scalar^-0.5`).
+    #[module(skip)]
+    pub scale: Option<f64>,
+    /// `tanh(scores / c) · c` before the mask (Gemma 2's `attn_logit_softcapping`).
+    #[module(skip)]
+    pub softcap: Option<f64>,
 }
 
 /// Keys and values of the positions seen so far, for one layer.
@@ -80,8 +104,9 @@ pub struct LayerCache {
 impl Attention {
     /// Attention over `x` (the new positions) and the cached past, if any.
     ///
-    /// Key `j` is hidden from query `i` when it lies in the future (`j > past + i`) or is padding
-    /// (`key_mask[j] == false`); a query always sees itself, so all-padding rows stay finite.
+    /// Key `j` is hidden from query `i` when it lies in the future (`j > past + i`), outside the
+    /// layer's sliding window, or is padding (`key_mask[j] == false`); a query always sees
+    /// itself, so all-padding rows stay finite.
     ///
     /// # Shapes
     /// - `x`: `[batch, seq, d_model]`, the new positions
@@ -99,8 +124,20 @@ impl Attention {
         let [batch, seq, _] = x.dims();
         let (h, kvh, hd) = (self.n_heads, self.n_kv_heads, self.head_dim);
         let heads = |t: Tensor<3>, n: usize| t.reshape([batch, seq, n, hd]).swap_dims(1, 2); // [batch, n, seq, head_dim]
-        let q = rope.apply(heads(self.q_proj.forward(x.clone()), h));
-        let k = rope.apply(heads(self.k_proj.forward(x.clone()), kvh));
+        let (mut q, mut k) = (self.q_proj.forward(x.clone()), self.k_proj.forward(x.clone())); // [batch, seq, n · head_dim]
+        let norms = self.q_norm.as_ref().zip(self.k_norm.as_ref());
+        if let (QkNorm::FullWidth, Some((q_norm, k_norm))) = (self.qk_norm, norms) {
+            (q, k) = (q_norm.forward(q), k_norm.forward(k));
+        }
+        let (mut q, mut k) = (heads(q, h), heads(k, kvh));
+        if let (QkNorm::PerHead, Some((q_norm, k_norm))) = (self.qk_norm, norms) {
+            // Each head's `head_dim` values normalised alone: [batch, n, seq, hd] as rows of hd.
+            let per_head = |norm: &RmsNorm, t: Tensor<4>, n: usize| {
+                norm.forward(t.reshape([batch, n * seq, hd])).reshape([batch, n, seq, hd])
+            };
+            (q, k) = (per_head(q_norm, q, h), per_head(k_norm, k, kvh));
+        }
+        let (q, k) = if self.pattern.rope { (rope.apply(q), rope.apply(k)) } else { (q, k) };
         let v = heads(self.v_proj.forward(x), kvh);
 
         let (k, v) = match cache {
@@ -128,8 +165,12 @@ impl Attention {
         let (k, v) = (repeat(k), repeat(v)); // [batch, n_heads, total, head_dim]
 
         let dtype = q.dtype();
-        let scores = q.matmul(k.swap_dims(2, 3)).cast(FloatDType::F32) * (1.0 / (hd as f64).sqrt()); // [batch, n_heads, seq, total]
-        let masked = attention_mask(key_mask, seq, past).expand([batch, h, seq, total]);
+        let scale = self.scale.unwrap_or(1.0 / (hd as f64).sqrt());
+        let mut scores = q.matmul(k.swap_dims(2, 3)).cast(FloatDType::F32) * scale; // [batch, n_heads, seq, total]
+        if let Some(cap) = self.softcap {
+            scores = (scores / cap).tanh() * cap;
+        }
+        let masked = attention_mask(key_mask, seq, past, self.pattern.sliding_window).expand([batch, h, seq, total]);
         let probs = softmax_last(scores.mask_fill(masked, f32::NEG_INFINITY)).cast(dtype);
         let context = probs.matmul(v).swap_dims(1, 2).reshape([batch, seq, h * hd]); // [batch, seq, n_heads · head_dim]
         self.o_proj.forward(context)
@@ -151,16 +192,21 @@ fn softmax_last(scores: Tensor<4>) -> Tensor<4> {
     exp / sum
 }
 
-/// `true` where a key must be hidden: `[batch, 1, seq, past + seq]`.
-fn attention_mask(key_mask: Tensor<2, Bool>, seq: usize, past: usize) -> Tensor<4, Bool> {
+/// `true` where a key must be hidden: `[batch, 1, seq, past + seq]`. Key `j` is hidden from the
+/// query at position `p = past + i` when it is in the future (`j > p`), outside a sliding window
+/// of `w` keys (`j <= p - w`: the query sees `w` keys, itself included, as transformers'
+/// sliding-window mask), or padding (but never the query itself).
+fn attention_mask(key_mask: Tensor<2, Bool>, seq: usize, past: usize, window: Option<usize>) -> Tensor<4, Bool> {
     let [batch, total] = key_mask.dims();
     let device = key_mask.device();
     let mut future = Vec::with_capacity(seq * total);
     let mut diagonal = Vec::with_capacity(seq * total);
     for i in 0..seq {
+        let p = past + i;
         for j in 0..total {
-            future.push(j > past + i);
-            diagonal.push(j == past + i);
+            let outside = window.is_some_and(|w| j + w <= p);
+            future.push(j > p || outside);
+            diagonal.push(j == p);
         }
     }
     let future =

@@ -1,10 +1,11 @@
-//! The SwiGLU feed-forward block of Llama and Qwen2.
+//! The gated feed-forward block: SwiGLU (Llama, Qwen, Mistral, ...) or GeGLU (Gemma).
 
 use burn::nn::LinearConfig;
 use burn::prelude::*;
 use burn::tensor::activation::silu;
 
 use super::lora::Projection;
+use crate::config::Activation;
 
 /// Configuration of an [`Mlp`].
 #[derive(Config, Debug)]
@@ -26,11 +27,12 @@ impl MlpConfig {
             gate_proj: proj(self.d_model, self.d_ff),
             up_proj: proj(self.d_model, self.d_ff),
             down_proj: proj(self.d_ff, self.d_model),
+            activation: Activation::Silu,
         }
     }
 }
 
-/// `down_proj(silu(gate_proj(x)) ⊙ up_proj(x))`.
+/// `down_proj(act(gate_proj(x)) ⊙ up_proj(x))`, `act` SiLU (Llama) or GELU's tanh form (Gemma).
 #[derive(Module, Debug)]
 pub struct Mlp {
     /// `[d_model, d_ff]` (burn layout; the checkpoint stores `[d_ff, d_model]`).
@@ -39,6 +41,9 @@ pub struct Mlp {
     pub up_proj: Projection,
     /// `[d_ff, d_model]`.
     pub down_proj: Projection,
+    /// The gate's activation (SwiGLU or GeGLU).
+    #[module(skip)]
+    pub activation: Activation,
 }
 
 impl Mlp {
@@ -46,7 +51,18 @@ impl Mlp {
     /// - `x`: `[batch, seq, d_model]`
     /// - returns: `[batch, seq, d_model]`
     pub fn forward(&self, x: Tensor<3>) -> Tensor<3> {
-        let gate = silu(self.gate_proj.forward(x.clone()));
+        let gate = self.gate_proj.forward(x.clone());
+        let gate = match self.activation {
+            Activation::Silu => silu(gate),
+            Activation::GeluTanh => gelu_tanh(gate),
+        };
         self.down_proj.forward(gate * self.up_proj.forward(x))
     }
+}
+
+/// torch's `gelu(x, approximate="tanh")`: `x/2 · (1 + tanh(√(2/π) · (x + 0.044715 x³)))`.
+fn gelu_tanh(x: Tensor<3>) -> Tensor<3> {
+    let cube = x.clone() * x.clone() * x.clone();
+    let inner = (x.clone() + cube * 0.044715) * (2.0 / std::f64::consts::PI).sqrt();
+    x.clone() * 0.5 * (inner.tanh() + 1.0)
 }
