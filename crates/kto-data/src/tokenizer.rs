@@ -178,9 +178,10 @@ impl HfTokenizer {
         let messages = serde_json::to_value(messages).expect("messages serialize");
         vars.insert("messages".into(), messages);
         vars.insert("add_generation_prompt".into(), add_generation_prompt.into());
-        if let Some(tools) = inputs.tools {
-            vars.insert("tools".into(), tools.clone());
-        }
+        // transformers always passes `tools` and `documents`, as None when not given: a template
+        // testing `tools is not none` sees no tools (an undefined variable is not none).
+        vars.insert("tools".into(), inputs.tools.cloned().unwrap_or(Value::Null));
+        vars.insert("documents".into(), Value::Null);
         let ctx = minijinja::Value::from_serialize(&vars);
         env.get_template("chat")
             .and_then(|t| t.render(ctx))
@@ -191,6 +192,7 @@ impl HfTokenizer {
 /// A Jinja environment set up as transformers sets up its chat templates, holding `source` as
 /// the template `chat`.
 fn template_env(source: String) -> std::result::Result<minijinja::Environment<'static>, minijinja::Error> {
+    let source = without_generation_blocks(&source);
     let mut env = minijinja::Environment::new();
     env.set_trim_blocks(true);
     env.set_lstrip_blocks(true);
@@ -199,9 +201,57 @@ fn template_env(source: String) -> std::result::Result<minijinja::Environment<'s
         Err(minijinja::Error::new(minijinja::ErrorKind::InvalidOperation, message))
     });
     env.add_filter("tojson", tojson);
+    env.add_filter("length", length);
+    env.add_filter("count", length);
     env.add_function("strftime_now", strftime_now);
     env.add_template_owned("chat", source)?;
     Ok(env)
+}
+
+/// transformers' `{% generation %}...{% endgeneration %}` extension marks the assistant tokens
+/// and renders its body: each tag becomes an always-true `if` with the same whitespace control,
+/// so the body renders exactly as there.
+fn without_generation_blocks(source: &str) -> String {
+    let mut out = String::with_capacity(source.len());
+    let mut rest = source;
+    while let Some(start) = rest.find("{%") {
+        let Some(len) = rest[start..].find("%}") else { break };
+        let tag = &rest[start..start + len + 2];
+        let inner = &tag[2..tag.len() - 2];
+        let (open, close) = (inner.starts_with('-'), inner.ends_with('-'));
+        let word = inner.trim_matches('-').trim();
+        let replacement = match word {
+            "generation" => Some("if true"),
+            "endgeneration" => Some("endif"),
+            _ => None,
+        };
+        out.push_str(&rest[..start]);
+        match replacement {
+            Some(word) => {
+                out.push_str(if open { "{%- " } else { "{% " });
+                out.push_str(word);
+                out.push_str(if close { " -%}" } else { " %}" });
+            }
+            None => out.push_str(tag),
+        }
+        rest = &rest[start + len + 2..];
+    }
+    out.push_str(rest);
+    out
+}
+
+/// jinja2's `length` (and `count`): `len(value)`, where an undefined value has length 0 (many
+/// Hub templates take `|length` of variables they were not given).
+fn length(value: minijinja::Value) -> std::result::Result<usize, minijinja::Error> {
+    if value.is_undefined() {
+        return Ok(0);
+    }
+    value.len().ok_or_else(|| {
+        minijinja::Error::new(
+            minijinja::ErrorKind::InvalidOperation,
+            format!("cannot calculate length of value of type {}", value.kind()),
+        )
+    })
 }
 
 /// transformers' `tojson` filter: `json.dumps` with `ensure_ascii=False`, optional `indent`, and

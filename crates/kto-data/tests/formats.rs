@@ -156,3 +156,22 @@ fn pre_tokenized_rows_pass_through_unchanged() {
     let err = read_jsonl(&path).expect_err("negative id").to_string();
     assert!(err.ends_with(":1: field \"prompt_ids\": item 1: expected a token id, found -1"), "{err}");
 }
+
+/// What transformers' chat-template renderer does beyond plain Jinja (formats/tok-semantics,
+/// rendered by transformers in expected.json): `{% generation %}` blocks render their body with
+/// their whitespace control, `|length` of an undefined variable is 0, and `tools`/`documents`
+/// are none when not given, so a `tools is not none` section stays out.
+#[test]
+fn chat_templates_render_with_transformers_semantics() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    std::fs::copy(fixture("formats/tok-semantics/tokenizer_config.json"), dir.path().join("tokenizer_config.json"))
+        .expect("copy");
+    std::fs::copy(fixture("models/tiny-qwen2/tokenizer.json"), dir.path().join("tokenizer.json")).expect("copy");
+    let tokenizer = HfTokenizer::from_folder(dir.path()).expect("a template with generation blocks compiles");
+    let expected = kto_testkit::read_json("formats/tok-semantics/expected.json");
+    let messages: Vec<kto_data::Message> = serde_json::from_value(expected["messages"].clone()).expect("messages");
+    let full = tokenizer.apply_chat_template(&messages, false).expect("renders");
+    assert_eq!(full, expected["full_text"].as_str().expect("text"));
+    let prompt = tokenizer.apply_chat_template(&messages[..3], true).expect("renders");
+    assert_eq!(prompt, expected["prompt_text"].as_str().expect("text"));
+}

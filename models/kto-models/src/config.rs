@@ -344,6 +344,12 @@ impl DecoderConfig {
             serde_json::from_value(raw.clone()).map_err(|source| Error::Json { path: path.into(), source })?;
         let config_err = |field: &str, reason: String| Error::Config { path: path.into(), field: field.into(), reason };
 
+        if hf.model_type.as_deref() == Some("gemma3") {
+            return Err(config_err(
+                "model_type",
+                "`gemma3` is the multimodal Gemma 3 (Gemma3ForConditionalGeneration), whose text model sits under `language_model`; kto trains the text model: save it as Gemma3ForCausalLM (model_type `gemma3_text`)".into(),
+            ));
+        }
         let Some(spec) = hf.model_type.as_deref().and_then(crate::families::by_model_type) else {
             let found = hf.model_type.clone().or_else(|| hf.architectures.first().cloned());
             return Err(Error::UnsupportedArchitecture {
@@ -592,6 +598,11 @@ mod tests {
         assert_eq!(
             err.to_string(),
             "config.json: field `sliding_window`: 4096: this family has no sliding-window attention in transformers"
+        );
+        let err = parse(&format!(r#"{{"model_type": "gemma3", {BASE}}}"#)).unwrap_err();
+        assert!(
+            err.to_string().starts_with("config.json: field `model_type`: `gemma3` is the multimodal Gemma 3"),
+            "{err}"
         );
         let err =
             parse(&format!(r#"{{"model_type": "gemma2", {BASE}, "use_bidirectional_attention": true}}"#)).unwrap_err();
