@@ -371,6 +371,7 @@ fn case(name: &'static str) -> Case {
         Some("smollm3") => "models/tiny-smollm3",
         Some("gemma2") => "models/tiny-gemma2",
         Some("gemma3") => "models/tiny-gemma3",
+        Some("phi3") => "models/tiny-phi3",
         Some(other) => panic!("no fixture model for family {other}"),
         None if name.contains("llama") => "models/tiny-llama",
         None => "models/tiny-qwen2",
@@ -503,4 +504,9 @@ fn family_gemma2_with_soft_caps() {
 #[test]
 fn family_gemma3_with_local_and_global_rope() {
     on_both_backends("m_gemma3");
+}
+
+#[test]
+fn family_phi3_with_fused_projections() {
+    on_both_backends("m_phi3");
 }

@@ -61,8 +61,8 @@ where
 }
 
 /// `--lora-target-modules`' accepted forms: all-linear, or comma-separated projections.
-pub const LORA_TARGETS: [&str; 8] = {
-    let mut names = ["all-linear"; 8];
+pub const LORA_TARGETS: [&str; 10] = {
+    let mut names = ["all-linear"; 10];
     let mut i = 0;
     while i < kto_models::PROJECTIONS.len() {
         names[i + 1] = kto_models::PROJECTIONS[i];

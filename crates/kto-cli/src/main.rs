@@ -19,7 +19,7 @@ use kto_models::{GenerationConfig, LoadOptions, SaveOptions, StorageDType, gener
 
 use crate::device::DeviceSpec;
 
-/// KTO preference training for causal language models (Llama, Qwen2/3, Mistral, OLMo 2, SmolLM3, Gemma 2/3), TRL-compatible.
+/// KTO preference training for causal language models (Llama, Qwen2/3, Mistral, OLMo 2, SmolLM3, Gemma 2/3, Phi-3), TRL-compatible.
 #[derive(Debug, Parser)]
 #[command(name = "kto", version, about, long_about = None)]
 struct Cli {

@@ -124,7 +124,7 @@ fn bad_settings_are_errors_naming_the_key() {
         "[possible values: no, steps, epoch]",
         "[possible values: micro_batch, accumulation_window]",
         "[possible values: keep_end, keep_start]",
-        "[possible values: all-linear, q_proj, k_proj, v_proj, o_proj, gate_proj, up_proj, down_proj]",
+        "[possible values: all-linear, q_proj, k_proj, v_proj, qkv_proj, o_proj, gate_proj, up_proj, gate_up_proj, down_proj]",
     ] {
         assert!(help.contains(values), "--help lists {values}: {help}");
     }
@@ -528,7 +528,7 @@ fn an_empty_eval_prompt_is_evaluated_and_its_sample_says_why_it_is_missing() {
 #[test]
 fn every_family_trains_from_the_command_line() {
     let dir = tempfile::tempdir().expect("temp dir");
-    for family in ["qwen3", "mistral", "olmo2", "smollm3", "gemma2", "gemma3"] {
+    for family in ["qwen3", "mistral", "olmo2", "smollm3", "gemma2", "gemma3", "phi3"] {
         let out = dir.path().join(family);
         let model = fixture(&format!("models/tiny-{family}"));
         let args = with(case_a_args(&out), "--model", path(&model));
@@ -561,8 +561,9 @@ fn every_family_trains_from_the_command_line() {
         let result = run(&args);
         assert!(result.status.success(), "{family} LoRA: {}", String::from_utf8_lossy(&result.stderr));
         let adapter = kto_models::load_tensor_file(&lora_out.join("adapter_model.safetensors")).expect("adapter");
-        // 2 or 4 layers × 7 projections × (lora_A, lora_B).
+        // 2 or 4 layers × 7 projections (Phi-3: 4 fused ones) × (lora_A, lora_B).
         let layers = if ["smollm3", "gemma2", "gemma3"].contains(&family) { 4 } else { 2 };
-        assert_eq!(adapter.len(), layers * 7 * 2, "{family}: every projection adapted");
+        let projections = if family == "phi3" { 4 } else { 7 };
+        assert_eq!(adapter.len(), layers * projections * 2, "{family}: every projection adapted");
     }
 }

@@ -170,10 +170,33 @@ fn build(config: &DecoderConfig, src: &mut Source<'_>) -> Result<TransformerLm> 
     let mut layers = Vec::with_capacity(config.num_layers);
     for i in 0..config.num_layers {
         let p = format!("model.layers.{i}");
+        let fused = config.fused_projections;
+        let mut separate = |name: &str, d_out: usize, bias: bool| -> Result<Option<crate::layers::Projection>> {
+            if fused { Ok(None) } else { Ok(Some(src.linear(&format!("{p}.{name}"), d, d_out, bias)?.into())) }
+        };
+        let (q_proj, k_proj, v_proj) = (
+            separate("self_attn.q_proj", heads * hd, config.qkv_bias)?,
+            separate("self_attn.k_proj", kv * hd, config.qkv_bias)?,
+            separate("self_attn.v_proj", kv * hd, config.qkv_bias)?,
+        );
+        let ff = config.intermediate_size;
+        let (gate_proj, up_proj) =
+            (separate("mlp.gate_proj", ff, config.mlp_bias)?, separate("mlp.up_proj", ff, config.mlp_bias)?);
+        let qkv_proj = match fused {
+            true => {
+                Some(src.linear(&format!("{p}.self_attn.qkv_proj"), d, (heads + 2 * kv) * hd, config.qkv_bias)?.into())
+            }
+            false => None,
+        };
+        let gate_up_proj = match fused {
+            true => Some(src.linear(&format!("{p}.mlp.gate_up_proj"), d, 2 * ff, config.mlp_bias)?.into()),
+            false => None,
+        };
         let self_attn = Attention {
-            q_proj: src.linear(&format!("{p}.self_attn.q_proj"), d, heads * hd, config.qkv_bias)?.into(),
-            k_proj: src.linear(&format!("{p}.self_attn.k_proj"), d, kv * hd, config.qkv_bias)?.into(),
-            v_proj: src.linear(&format!("{p}.self_attn.v_proj"), d, kv * hd, config.qkv_bias)?.into(),
+            q_proj,
+            k_proj,
+            v_proj,
+            qkv_proj,
             o_proj: src.linear(&format!("{p}.self_attn.o_proj"), heads * hd, d, config.o_bias)?.into(),
             q_norm: match config.qk_norm_widths() {
                 Some((w, _)) => Some(src.norm(&format!("{p}.self_attn.q_norm"), w, eps, scale)?),
@@ -191,10 +214,10 @@ fn build(config: &DecoderConfig, src: &mut Source<'_>) -> Result<TransformerLm> 
             scale: config.attn_scale,
             softcap: config.attn_softcap,
         };
-        let ff = config.intermediate_size;
         let mlp = Mlp {
-            gate_proj: src.linear(&format!("{p}.mlp.gate_proj"), d, ff, config.mlp_bias)?.into(),
-            up_proj: src.linear(&format!("{p}.mlp.up_proj"), d, ff, config.mlp_bias)?.into(),
+            gate_proj,
+            up_proj,
+            gate_up_proj,
             down_proj: src.linear(&format!("{p}.mlp.down_proj"), ff, d, config.mlp_bias)?.into(),
             activation: config.activation,
         };
@@ -238,9 +261,14 @@ pub fn named_tensors(model: &TransformerLm) -> Vec<(String, Vec<usize>, Vec<f32>
     out.push(("model.embed_tokens.weight".into(), embed.dims().to_vec(), values(embed.val())));
     for (i, layer) in model.model.layers.iter().enumerate() {
         let p = format!("model.layers.{i}");
-        linear(&mut out, &format!("{p}.self_attn.q_proj"), &layer.self_attn.q_proj);
-        linear(&mut out, &format!("{p}.self_attn.k_proj"), &layer.self_attn.k_proj);
-        linear(&mut out, &format!("{p}.self_attn.v_proj"), &layer.self_attn.v_proj);
+        let a = &layer.self_attn;
+        for (name, proj) in
+            [("q_proj", &a.q_proj), ("k_proj", &a.k_proj), ("v_proj", &a.v_proj), ("qkv_proj", &a.qkv_proj)]
+        {
+            if let Some(proj) = proj {
+                linear(&mut out, &format!("{p}.self_attn.{name}"), proj);
+            }
+        }
         linear(&mut out, &format!("{p}.self_attn.o_proj"), &layer.self_attn.o_proj);
         if let Some(n) = &layer.self_attn.q_norm {
             norm(&mut out, &format!("{p}.self_attn.q_norm"), n);
@@ -248,8 +276,12 @@ pub fn named_tensors(model: &TransformerLm) -> Vec<(String, Vec<usize>, Vec<f32>
         if let Some(n) = &layer.self_attn.k_norm {
             norm(&mut out, &format!("{p}.self_attn.k_norm"), n);
         }
-        linear(&mut out, &format!("{p}.mlp.gate_proj"), &layer.mlp.gate_proj);
-        linear(&mut out, &format!("{p}.mlp.up_proj"), &layer.mlp.up_proj);
+        let m = &layer.mlp;
+        for (name, proj) in [("gate_proj", &m.gate_proj), ("up_proj", &m.up_proj), ("gate_up_proj", &m.gate_up_proj)] {
+            if let Some(proj) = proj {
+                linear(&mut out, &format!("{p}.mlp.{name}"), proj);
+            }
+        }
         linear(&mut out, &format!("{p}.mlp.down_proj"), &layer.mlp.down_proj);
         if let Some(n) = &layer.input_layernorm {
             norm(&mut out, &format!("{p}.input_layernorm"), n);

@@ -34,6 +34,8 @@ pub enum ModelFamily {
     /// `Gemma3ForCausalLM` (`gemma3_text`): Gemma 3's text models (1B, and the text part of the
     /// larger ones when saved as `Gemma3ForCausalLM`).
     Gemma3,
+    /// `Phi3ForCausalLM` (`phi3`): Phi-3, Phi-3.5, Phi-4-mini.
+    Phi3,
 }
 
 impl ModelFamily {
@@ -239,6 +241,8 @@ pub struct HfConfig {
     pub sliding_window_pattern: Option<usize>,
     /// Gemma: bidirectional attention (encoder use), not causal.
     pub use_bidirectional_attention: Option<bool>,
+    /// Phi-3 (Hub layout): RoPE rotates the first `head_dim · factor` dimensions of each head.
+    pub partial_rotary_factor: Option<f64>,
     /// BOS id.
     pub bos_token_id: Option<Value>,
     /// EOS id or ids.
@@ -314,6 +318,11 @@ pub struct DecoderConfig {
     pub final_softcap: Option<f64>,
     /// RoPE base and scaling of the layers marked [`LayerAttention::local_rope`].
     pub rope_local: Option<(f64, RopeScaling)>,
+    /// Dimensions of each head RoPE rotates (the first ones; `head_dim` but for Phi-3's
+    /// `partial_rotary_factor`).
+    pub rotary_dim: usize,
+    /// q/k/v and gate/up are fused into `qkv_proj` and `gate_up_proj` (Phi-3).
+    pub fused_projections: bool,
     /// End-of-sequence ids from the config.
     pub eos_token_ids: Vec<u32>,
     /// The dtype recorded on disk (`float32`, `bfloat16`, ...), if any.
@@ -444,6 +453,20 @@ impl DecoderConfig {
             attn_softcap: arch.attn_softcap,
             final_softcap: arch.final_softcap,
             rope_local: arch.rope_local,
+            rotary_dim: match arch.rotary_fraction {
+                Some(f) => {
+                    let dim = (head_dim as f64 * f) as usize;
+                    if dim == 0 || !dim.is_multiple_of(2) || dim > head_dim {
+                        return Err(config_err(
+                            "partial_rotary_factor",
+                            format!("{f} gives {dim} rotary dimensions of {head_dim} (must be even and > 0)"),
+                        ));
+                    }
+                    dim
+                }
+                None => head_dim,
+            },
+            fused_projections: arch.fused_projections,
             eos_token_ids,
             stored_dtype: hf.torch_dtype.or(hf.dtype),
             raw,
@@ -516,7 +539,7 @@ mod tests {
         let err = parse(&format!(r#"{{"model_type": "gpt2", {BASE}}}"#)).unwrap_err();
         assert_eq!(
             err.to_string(),
-            "config.json: unsupported architecture `gpt2`; supported: llama, qwen2, qwen3, mistral, olmo2, smollm3, gemma2, gemma3_text"
+            "config.json: unsupported architecture `gpt2`; supported: llama, qwen2, qwen3, mistral, olmo2, smollm3, gemma2, gemma3_text, phi3"
         );
         let err =
             parse(&format!(r#"{{"model_type": "qwen2", {BASE}, "rope_scaling": {{"type": "yarn", "factor": 4.0}}}}"#))
@@ -584,6 +607,19 @@ mod tests {
             (gemma3.rope_theta, gemma3.rope_scaling, gemma3.rope_local)
         );
         assert_eq!(window(&v5), window(&gemma3));
+        // Phi-3: fused projections, RoPE on a fraction of each head (Hub layout at the top,
+        // transformers 5 in rope_parameters), a window on every layer.
+        let phi = parse(&format!(
+            r#"{{"model_type": "phi3", {layers}, "partial_rotary_factor": 0.5, "sliding_window": 16}}"#
+        ))
+        .expect("phi3");
+        assert_eq!((phi.fused_projections, phi.rotary_dim, phi.head_dim), (true, 2, 4));
+        assert_eq!(window(&phi), [Some(16); 4]);
+        let v5 = parse(&format!(
+            r#"{{"model_type": "phi3", {layers}, "rope_parameters": {{"rope_type": "default", "rope_theta": 1e4, "partial_rotary_factor": 0.5}}}}"#
+        ))
+        .expect("phi3 v5");
+        assert_eq!(v5.rotary_dim, 2);
         // OLMo 2: post-norms, full-width q/k norms, the weight applied before the cast.
         let olmo = parse(&format!(r#"{{"model_type": "olmo2", {layers}}}"#)).expect("olmo2");
         assert_eq!(
@@ -598,6 +634,12 @@ mod tests {
         assert_eq!(
             err.to_string(),
             "config.json: field `sliding_window`: 4096: this family has no sliding-window attention in transformers"
+        );
+        let longrope = r#""rope_scaling": {"type": "longrope", "short_factor": [1.0], "long_factor": [1.0]}"#;
+        let err = parse(&format!(r#"{{"model_type": "phi3", {BASE}, {longrope}}}"#)).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "config.json: field `rope_scaling`: `longrope` (the 128k Phi-3 variants) is not implemented"
         );
         let err = parse(&format!(r#"{{"model_type": "gemma3", {BASE}}}"#)).unwrap_err();
         assert!(

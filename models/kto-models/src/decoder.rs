@@ -232,7 +232,7 @@ impl DecoderConfig {
     }
 
     pub(crate) fn rotary(&self) -> RotaryEmbedding {
-        RotaryEmbedding::new(self.head_dim, self.rope_theta, self.rope_scaling)
+        RotaryEmbedding::new(self.rotary_dim, self.rope_theta, self.rope_scaling)
     }
 }
 
@@ -359,15 +359,17 @@ impl TransformerLm {
                     f(&format!("model.layers.{i}.{group}.{name}"), name, proj)
                 };
                 let self_attn = crate::layers::Attention {
-                    q_proj: p("self_attn", "q_proj", self_attn.q_proj),
-                    k_proj: p("self_attn", "k_proj", self_attn.k_proj),
-                    v_proj: p("self_attn", "v_proj", self_attn.v_proj),
+                    q_proj: self_attn.q_proj.map(|x| p("self_attn", "q_proj", x)),
+                    k_proj: self_attn.k_proj.map(|x| p("self_attn", "k_proj", x)),
+                    v_proj: self_attn.v_proj.map(|x| p("self_attn", "v_proj", x)),
+                    qkv_proj: self_attn.qkv_proj.map(|x| p("self_attn", "qkv_proj", x)),
                     o_proj: p("self_attn", "o_proj", self_attn.o_proj),
                     ..self_attn
                 };
                 let mlp = crate::layers::Mlp {
-                    gate_proj: p("mlp", "gate_proj", mlp.gate_proj),
-                    up_proj: p("mlp", "up_proj", mlp.up_proj),
+                    gate_proj: mlp.gate_proj.map(|x| p("mlp", "gate_proj", x)),
+                    up_proj: mlp.up_proj.map(|x| p("mlp", "up_proj", x)),
+                    gate_up_proj: mlp.gate_up_proj.map(|x| p("mlp", "gate_up_proj", x)),
                     down_proj: p("mlp", "down_proj", mlp.down_proj),
                     activation: mlp.activation,
                 };
@@ -392,15 +394,19 @@ impl TransformerLm {
             let a = &layer.self_attn;
             let m = &layer.mlp;
             for (group, name, proj) in [
-                ("self_attn", "q_proj", &a.q_proj),
-                ("self_attn", "k_proj", &a.k_proj),
-                ("self_attn", "v_proj", &a.v_proj),
-                ("self_attn", "o_proj", &a.o_proj),
-                ("mlp", "gate_proj", &m.gate_proj),
-                ("mlp", "up_proj", &m.up_proj),
-                ("mlp", "down_proj", &m.down_proj),
+                ("self_attn", "q_proj", a.q_proj.as_ref()),
+                ("self_attn", "k_proj", a.k_proj.as_ref()),
+                ("self_attn", "v_proj", a.v_proj.as_ref()),
+                ("self_attn", "qkv_proj", a.qkv_proj.as_ref()),
+                ("self_attn", "o_proj", Some(&a.o_proj)),
+                ("mlp", "gate_proj", m.gate_proj.as_ref()),
+                ("mlp", "up_proj", m.up_proj.as_ref()),
+                ("mlp", "gate_up_proj", m.gate_up_proj.as_ref()),
+                ("mlp", "down_proj", Some(&m.down_proj)),
             ] {
-                out.push((format!("model.layers.{i}.{group}.{name}"), proj));
+                if let Some(proj) = proj {
+                    out.push((format!("model.layers.{i}.{group}.{name}"), proj));
+                }
             }
         }
         out

@@ -1,7 +1,7 @@
 //! # kto-models: decoder families on burn for KTO
 //!
 //! One decoder ([`TransformerLm`]) configured by each family's description in `families/`
-//! (Llama, Qwen2, Qwen3, Mistral, OLMo 2, SmolLM3, Gemma 2, Gemma 3), implementing
+//! (Llama, Qwen2, Qwen3, Mistral, OLMo 2, SmolLM3, Gemma 2, Gemma 3, Phi-3), implementing
 //! [`kto_core::CausalLm`]; Hugging Face folders in ([`load_model`]) and out ([`save_model`]);
 //! incremental decoding with a [`KvCache`].
 //!

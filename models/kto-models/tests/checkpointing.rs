@@ -17,7 +17,16 @@ fn q_proj_gradient(device: Device) -> TensorData {
     );
     let loss = sequence_logps(&model, ids, mask, completion, 4).sum();
     let grads = loss.backward();
-    model.model.layers[0].self_attn.q_proj.weight.val().grad(&grads).expect("q_proj is trained").into_data()
+    model.model.layers[0]
+        .self_attn
+        .q_proj
+        .as_ref()
+        .expect("q_proj")
+        .weight
+        .val()
+        .grad(&grads)
+        .expect("q_proj is trained")
+        .into_data()
 }
 
 #[test]

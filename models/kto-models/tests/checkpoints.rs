@@ -23,7 +23,8 @@ fn assert_bit_exact(a: &Named, b: &Named) {
 
 #[test]
 fn load_save_load_is_bit_exact_and_keeps_hf_layout() {
-    let families = ["qwen3", "mistral", "olmo2", "smollm3", "gemma2", "gemma3"].map(|f| format!("models/tiny-{f}"));
+    let families =
+        ["qwen3", "mistral", "olmo2", "smollm3", "gemma2", "gemma3", "phi3"].map(|f| format!("models/tiny-{f}"));
     for model in ["models/tiny-qwen2", "models/tiny-llama"].into_iter().chain(families.iter().map(String::as_str)) {
         let src = fixture(model);
         let (config, lm) = load(&src);
@@ -52,9 +53,14 @@ fn load_save_load_is_bit_exact_and_keeps_hf_layout() {
         assert_bit_exact(&a, &b);
         // Tied embeddings are omitted, as transformers saves them.
         assert_eq!(a.iter().any(|(k, _, _)| k == "lm_head.weight"), !config.tie_word_embeddings, "{model}");
-        // PyTorch layout: q_proj.weight is [n_heads * head_dim, d_model].
-        let q = a.iter().find(|(k, _, _)| k == "model.layers.0.self_attn.q_proj.weight").expect("q_proj");
-        assert_eq!(q.1, vec![config.num_heads * config.head_dim, config.hidden_size]);
+        // PyTorch layout: q_proj.weight is [n_heads * head_dim, d_model]; Phi-3's fused
+        // qkv_proj.weight [(n_heads + 2 n_kv_heads) * head_dim, d_model].
+        let (key, rows) = match config.fused_projections {
+            false => ("q_proj", config.num_heads),
+            true => ("qkv_proj", config.num_heads + 2 * config.num_kv_heads),
+        };
+        let q = a.iter().find(|(k, _, _)| *k == format!("model.layers.0.self_attn.{key}.weight")).expect(key);
+        assert_eq!(q.1, vec![rows * config.head_dim, config.hidden_size], "{model}");
     }
 }
 

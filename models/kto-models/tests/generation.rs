@@ -44,7 +44,7 @@ fn cached_generation_equals_recomputation_token_for_token() {
 /// at every cached position too.
 #[test]
 fn greedy_generation_equals_transformers_for_every_family() {
-    for family in ["qwen3", "mistral", "olmo2", "smollm3", "gemma2", "gemma3"] {
+    for family in ["qwen3", "mistral", "olmo2", "smollm3", "gemma2", "gemma3", "phi3"] {
         let device = Device::flex();
         let (_, lm) =
             load_model(&fixture(&format!("models/tiny-{family}")), &device, &LoadOptions::default()).expect("loads");

@@ -150,7 +150,7 @@ fn tiny_llama_matches_transformers_with_truncation() {
 /// The families beyond Llama/Qwen2 (tests/fixtures/gen/model_families.py): tiny random
 /// checkpoints in the Hub config layout, TRL's per-row log-probs at max_length 48 (rows up to 48
 /// tokens, longer than Mistral's window of 8).
-const FAMILY_CASES: [(&str, &str, i64); 6] = [
+const FAMILY_CASES: [(&str, &str, i64); 7] = [
     // head_dim 24 ≠ 64 / 4, per-head q/k norms, tied; pad <|endoftext|> = 997.
     ("m_qwen3", "models/tiny-qwen3", 997),
     // sliding_window 8; pad = eos <|eot_id|> = 899.
@@ -163,6 +163,8 @@ const FAMILY_CASES: [(&str, &str, i64); 6] = [
     ("m_gemma2", "models/tiny-gemma2", 997),
     // per-head q/k norms, local and global RoPE (linear ×2), sliding_window_pattern 2.
     ("m_gemma3", "models/tiny-gemma3", 997),
+    // fused qkv_proj / gate_up_proj, RoPE on half of each head, sliding_window 16.
+    ("m_phi3", "models/tiny-phi3", 899),
 ];
 
 #[test]
@@ -238,7 +240,7 @@ fn prompt_sharing_keeps_the_policy_gradient() {
     let config = LogpsConfig::new();
     let (paired, _) = paired_completion_logps(&model, &a, &config, &frozen, &b, &config);
     let plain = kto_core::completion_logps(&model, a.input_ids, a.attention_mask, a.completion_mask, &config);
-    let q_proj = model.model.layers[0].self_attn.q_proj.linear.weight.val();
+    let q_proj = model.model.layers[0].self_attn.q_proj.as_ref().expect("q_proj").linear.weight.val();
     let (g_paired, g_plain) = (paired.logps.sum().backward(), plain.logps.sum().backward());
     let (g_paired, g_plain) = (
         q_proj.grad(&g_paired).expect("a gradient").into_data(),

@@ -38,14 +38,17 @@ fn describe(hf: &HfConfig) -> Result<Arch, Refusal> {
     Ok(arch)
 }
 
+/// A RoPE base and its scaling.
+type Rope = (f64, RopeScaling);
+
 /// `(global, local)` RoPE from either layout.
-fn ropes(hf: &HfConfig) -> Result<((f64, RopeScaling), (f64, RopeScaling)), Refusal> {
+fn ropes(hf: &HfConfig) -> Result<(Rope, Rope), Refusal> {
     let scaling = |v: Option<&Value>| {
         parse_rope_scaling(v.filter(|v| !v.is_null()), hf.max_position_embeddings).map_err(|r| ("rope_scaling", r))
     };
     match hf.rope_parameters.as_ref().and_then(Value::as_object) {
         Some(by_type) if by_type.contains_key("full_attention") || by_type.contains_key("sliding_attention") => {
-            let of = |key: &str, default_theta: f64| -> Result<(f64, RopeScaling), Refusal> {
+            let of = |key: &str, default_theta: f64| -> Result<Rope, Refusal> {
                 let params = by_type.get(key);
                 let theta = params.and_then(|p| p.get("rope_theta")).and_then(Value::as_f64).unwrap_or(default_theta);
                 Ok((theta, scaling(params)?))

@@ -11,6 +11,7 @@ mod gemma3;
 mod llama;
 mod mistral;
 mod olmo2;
+mod phi3;
 mod qwen2;
 mod qwen3;
 mod smollm3;
@@ -33,6 +34,9 @@ pub(crate) struct Arch {
     /// The global RoPE, when the family resolves it itself (Gemma 3's per-layer-type layout).
     pub rope: Option<(f64, RopeScaling)>,
     pub rope_local: Option<(f64, RopeScaling)>,
+    /// Phi-3's `partial_rotary_factor`.
+    pub rotary_fraction: Option<f64>,
+    pub fused_projections: bool,
 }
 
 /// A config value the family's arithmetic depends on and kto does not implement: `(key, why)`.
@@ -48,7 +52,7 @@ pub(crate) struct Family {
 }
 
 /// Every family kto implements.
-pub(crate) const FAMILIES: [Family; 8] = [
+pub(crate) const FAMILIES: [Family; 9] = [
     llama::FAMILY,
     qwen2::FAMILY,
     qwen3::FAMILY,
@@ -57,6 +61,7 @@ pub(crate) const FAMILIES: [Family; 8] = [
     smollm3::FAMILY,
     gemma2::FAMILY,
     gemma3::FAMILY,
+    phi3::FAMILY,
 ];
 
 /// The family of `model_type`.
@@ -85,6 +90,8 @@ pub(crate) fn llama_like(hf: &HfConfig, qkv_bias: bool, o_bias: bool, mlp_bias: 
         final_softcap: None,
         rope: None,
         rope_local: None,
+        rotary_fraction: None,
+        fused_projections: false,
     }
 }
 

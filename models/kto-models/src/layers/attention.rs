@@ -40,9 +40,10 @@ impl AttentionConfig {
         );
         let proj = |d_in, d_out, bias| Projection::from(LinearConfig::new(d_in, d_out).with_bias(bias).init(device));
         Attention {
-            q_proj: proj(self.d_model, self.n_heads * self.head_dim, self.qkv_bias),
-            k_proj: proj(self.d_model, self.n_kv_heads * self.head_dim, self.qkv_bias),
-            v_proj: proj(self.d_model, self.n_kv_heads * self.head_dim, self.qkv_bias),
+            q_proj: Some(proj(self.d_model, self.n_heads * self.head_dim, self.qkv_bias)),
+            k_proj: Some(proj(self.d_model, self.n_kv_heads * self.head_dim, self.qkv_bias)),
+            v_proj: Some(proj(self.d_model, self.n_kv_heads * self.head_dim, self.qkv_bias)),
+            qkv_proj: None,
             o_proj: proj(self.n_heads * self.head_dim, self.d_model, self.o_bias),
             q_norm: None,
             k_norm: None,
@@ -60,12 +61,15 @@ impl AttentionConfig {
 /// Self-attention of one decoder layer. Field names match the checkpoint (`self_attn.q_proj`, …).
 #[derive(Module, Debug)]
 pub struct Attention {
-    /// `[d_model, n_heads · head_dim]`
-    pub q_proj: Projection,
+    /// `[d_model, n_heads · head_dim]` (absent when fused into `qkv_proj`)
+    pub q_proj: Option<Projection>,
     /// `[d_model, n_kv_heads · head_dim]`
-    pub k_proj: Projection,
+    pub k_proj: Option<Projection>,
     /// `[d_model, n_kv_heads · head_dim]`
-    pub v_proj: Projection,
+    pub v_proj: Option<Projection>,
+    /// Phi-3's fused projection, `[d_model, (n_heads + 2 n_kv_heads) · head_dim]`, columns
+    /// `[q | k | v]`.
+    pub qkv_proj: Option<Projection>,
     /// `[n_heads · head_dim, d_model]`
     pub o_proj: Projection,
     /// `q_norm` (Qwen3: over `head_dim`; OLMo 2: over `n_heads · head_dim`).
@@ -124,7 +128,7 @@ impl Attention {
         let [batch, seq, _] = x.dims();
         let (h, kvh, hd) = (self.n_heads, self.n_kv_heads, self.head_dim);
         let heads = |t: Tensor<3>, n: usize| t.reshape([batch, seq, n, hd]).swap_dims(1, 2); // [batch, n, seq, head_dim]
-        let (mut q, mut k) = (self.q_proj.forward(x.clone()), self.k_proj.forward(x.clone())); // [batch, seq, n · head_dim]
+        let (mut q, mut k, v) = self.qkv(x); // [batch, seq, n · head_dim]
         let norms = self.q_norm.as_ref().zip(self.k_norm.as_ref());
         if let (QkNorm::FullWidth, Some((q_norm, k_norm))) = (self.qk_norm, norms) {
             (q, k) = (q_norm.forward(q), k_norm.forward(k));
@@ -138,7 +142,7 @@ impl Attention {
             (q, k) = (per_head(q_norm, q, h), per_head(k_norm, k, kvh));
         }
         let (q, k) = if self.pattern.rope { (rope.apply(q), rope.apply(k)) } else { (q, k) };
-        let v = heads(self.v_proj.forward(x), kvh);
+        let v = heads(v, kvh);
 
         let (k, v) = match cache {
             Some(slot) => {
@@ -174,6 +178,24 @@ impl Attention {
         let probs = softmax_last(scores.mask_fill(masked, f32::NEG_INFINITY)).cast(dtype);
         let context = probs.matmul(v).swap_dims(1, 2).reshape([batch, seq, h * hd]); // [batch, seq, n_heads · head_dim]
         self.o_proj.forward(context)
+    }
+}
+
+impl Attention {
+    /// The query, key and value projections of `x`, from the separate projections or the fused
+    /// one.
+    fn qkv(&self, x: Tensor<3>) -> (Tensor<3>, Tensor<3>, Tensor<3>) {
+        match (&self.qkv_proj, &self.q_proj, &self.k_proj, &self.v_proj) {
+            (Some(fused), ..) => {
+                let [batch, seq, _] = x.dims();
+                let (q, kv) = (self.n_heads * self.head_dim, self.n_kv_heads * self.head_dim);
+                let out = fused.forward(x); // [batch, seq, q + 2 kv]
+                let part = |from: usize, len: usize| out.clone().slice([0..batch, 0..seq, from..from + len]);
+                (part(0, q), part(q, kv), part(q + kv, kv))
+            }
+            (None, Some(q), Some(k), Some(v)) => (q.forward(x.clone()), k.forward(x.clone()), v.forward(x)),
+            _ => unreachable!("an attention block has q/k/v projections or a fused qkv_proj"),
+        }
     }
 }
 

@@ -174,7 +174,9 @@ impl<'de> serde::Deserialize<'de> for LoraTargets {
 }
 
 /// The projections of a decoder layer, by their checkpoint names.
-pub const PROJECTIONS: [&str; 7] = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"];
+/// (`qkv_proj` and `gate_up_proj` are Phi-3's fused ones.)
+pub const PROJECTIONS: [&str; 9] =
+    ["q_proj", "k_proj", "v_proj", "qkv_proj", "o_proj", "gate_proj", "up_proj", "gate_up_proj", "down_proj"];
 
 /// LoRA settings (PEFT's `LoraConfig` names).
 #[derive(Debug, Clone, PartialEq)]

@@ -24,8 +24,9 @@ impl MlpConfig {
     pub fn init(&self, device: &Device) -> Mlp {
         let proj = |d_in, d_out| Projection::from(LinearConfig::new(d_in, d_out).with_bias(self.bias).init(device));
         Mlp {
-            gate_proj: proj(self.d_model, self.d_ff),
-            up_proj: proj(self.d_model, self.d_ff),
+            gate_proj: Some(proj(self.d_model, self.d_ff)),
+            up_proj: Some(proj(self.d_model, self.d_ff)),
+            gate_up_proj: None,
             down_proj: proj(self.d_ff, self.d_model),
             activation: Activation::Silu,
         }
@@ -36,9 +37,11 @@ impl MlpConfig {
 #[derive(Module, Debug)]
 pub struct Mlp {
     /// `[d_model, d_ff]` (burn layout; the checkpoint stores `[d_ff, d_model]`).
-    pub gate_proj: Projection,
+    pub gate_proj: Option<Projection>,
     /// `[d_model, d_ff]`.
-    pub up_proj: Projection,
+    pub up_proj: Option<Projection>,
+    /// Phi-3's fused projection, `[d_model, 2 d_ff]`, columns `[gate | up]`.
+    pub gate_up_proj: Option<Projection>,
     /// `[d_ff, d_model]`.
     pub down_proj: Projection,
     /// The gate's activation (SwiGLU or GeGLU).
@@ -51,12 +54,22 @@ impl Mlp {
     /// - `x`: `[batch, seq, d_model]`
     /// - returns: `[batch, seq, d_model]`
     pub fn forward(&self, x: Tensor<3>) -> Tensor<3> {
-        let gate = self.gate_proj.forward(x.clone());
+        let (gate, up) = match (&self.gate_up_proj, &self.gate_proj, &self.up_proj) {
+            (Some(fused), ..) => {
+                let [batch, seq, _] = x.dims();
+                let out = fused.forward(x); // [batch, seq, 2 d_ff]
+                let d_ff = out.dims()[2] / 2;
+                let part = |from: usize| out.clone().slice([0..batch, 0..seq, from..from + d_ff]);
+                (part(0), part(d_ff))
+            }
+            (None, Some(gate), Some(up)) => (gate.forward(x.clone()), up.forward(x)),
+            _ => unreachable!("an MLP has gate/up projections or a fused gate_up_proj"),
+        };
         let gate = match self.activation {
             Activation::Silu => silu(gate),
             Activation::GeluTanh => gelu_tanh(gate),
         };
-        self.down_proj.forward(gate * self.up_proj.forward(x))
+        self.down_proj.forward(gate * up)
     }
 }
 

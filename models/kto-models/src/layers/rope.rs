@@ -100,6 +100,13 @@ impl RotaryTables {
     /// - returns: same
     pub fn apply(&self, x: Tensor<4>) -> Tensor<4> {
         let [batch, heads, seq, head_dim] = x.dims();
+        let rotary = self.cos.dims()[1];
+        if rotary < head_dim {
+            // Partial rotary (Phi-3): the first `rotary` dimensions turn, the rest pass.
+            let turned = self.apply(x.clone().slice([0..batch, 0..heads, 0..seq, 0..rotary]));
+            let pass = x.slice([0..batch, 0..heads, 0..seq, rotary..head_dim]);
+            return Tensor::cat(vec![turned, pass], 3);
+        }
         let half = head_dim / 2;
         let first = x.clone().slice([0..batch, 0..heads, 0..seq, 0..half]);
         let second = x.clone().slice([0..batch, 0..heads, 0..seq, half..head_dim]);
