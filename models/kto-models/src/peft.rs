@@ -90,7 +90,13 @@ pub fn load_adapter(model: TransformerLm, folder: &Path) -> Result<(TransformerL
     let targets = match &cfg["target_modules"] {
         Value::String(s) => LoraTargets::parse(s).map_err(bad)?,
         Value::Array(items) => {
-            let names: Vec<&str> = items.iter().filter_map(Value::as_str).collect();
+            // PEFT saves `all-linear` resolved to module paths (`model.layers.0.self_attn.q_proj`):
+            // the projection is the last part. Which layers carry an adapter is what the
+            // weights hold.
+            let mut names: Vec<&str> =
+                items.iter().filter_map(Value::as_str).map(|n| n.rsplit('.').next().unwrap_or(n)).collect();
+            names.sort_unstable();
+            names.dedup();
             LoraTargets::parse(&names.join(",")).map_err(bad)?
         }
         other => return Err(bad(format!("target_modules {other} is not supported"))),

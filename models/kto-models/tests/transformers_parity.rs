@@ -282,3 +282,34 @@ fn autodiff_policy_and_plain_reference_give_bit_identical_log_probs() {
         }
     }
 }
+
+/// PEFT's own LoRA adapters on `all-linear` (saved by PEFT, `target_modules` resolved to module
+/// paths; tests/fixtures/gen/model_families.py) load onto every family and give PEFT's
+/// log-probs; saved back by kto, the adapter has exactly PEFT's tensor names, shapes and values,
+/// so `PeftModel.from_pretrained` reads it as it reads its own.
+#[test]
+fn peft_adapters_of_every_family_load_and_save_as_peft_writes_them() {
+    let device = Device::flex();
+    for (case, model_dir, pad) in FAMILY_CASES {
+        let (_, base) = load_model(&fixture(model_dir), &device, &LoadOptions::default()).expect("loads");
+        let folder = fixture(&format!("trl/{case}/peft_adapter"));
+        let (model, config) = kto_models::load_adapter(base, &folder).expect("PEFT's adapter loads");
+        let expected = read_jsonl(&format!("trl/{case}/peft_logps.jsonl"));
+        let got = logps(&model, &rows(case, "completion_ids", 48)[..expected.len()], pad, &device);
+        for (i, (g, e)) in zip_eq(&got, &expected, case).enumerate() {
+            assert_close!(*g, e["logp"].as_f64().expect("logp"), CROSS_FRAMEWORK, "{case} row {i} with PEFT's adapter");
+        }
+        let dir = tempfile::tempdir().expect("temp dir");
+        kto_models::save_adapter(&model, &config, model_dir, dir.path()).expect("saves");
+        let sorted = |path: &std::path::Path| {
+            let mut t = kto_models::load_tensor_file(&path.join("adapter_model.safetensors")).expect("adapter");
+            t.sort_by(|a, b| a.0.cmp(&b.0));
+            t
+        };
+        let (ours, theirs) = (sorted(dir.path()), sorted(&folder));
+        let names =
+            |t: &[(String, Vec<usize>, Vec<f32>)]| t.iter().map(|x| (x.0.clone(), x.1.clone())).collect::<Vec<_>>();
+        assert_eq!(names(&ours), names(&theirs), "{case}: adapter tensor names and shapes");
+        assert!(ours.iter().zip(&theirs).all(|(a, b)| a.2 == b.2), "{case}: adapter values");
+    }
+}
