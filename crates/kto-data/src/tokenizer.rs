@@ -169,9 +169,15 @@ impl HfTokenizer {
     ) -> Result<String> {
         let env = self.chat_env.as_ref().ok_or_else(|| Error::NoChatTemplate { path: self.folder.clone() })?;
         let mut vars = serde_json::Map::new();
-        vars.insert("bos_token".into(), self.bos_token.clone().unwrap_or_default().into());
-        vars.insert("eos_token".into(), self.eos_token.clone().unwrap_or_default().into());
-        vars.insert("pad_token".into(), self.pad_token.clone().unwrap_or_default().into());
+        // As transformers passes its special tokens map: only the tokens the tokenizer has (a
+        // template concatenating an absent `bos_token` fails there as here).
+        for (name, token) in
+            [("bos_token", &self.bos_token), ("eos_token", &self.eos_token), ("pad_token", &self.pad_token)]
+        {
+            if let Some(token) = token {
+                vars.insert(name.into(), token.clone().into());
+            }
+        }
         if let Some(kwargs) = inputs.kwargs {
             vars.extend(kwargs.iter().map(|(k, v)| (k.clone(), v.clone())));
         }
@@ -203,6 +209,7 @@ fn template_env(source: String) -> std::result::Result<minijinja::Environment<'s
     env.add_filter("tojson", tojson);
     env.add_filter("length", length);
     env.add_filter("count", length);
+    env.add_test("iterable", iterable);
     env.add_function("strftime_now", strftime_now);
     env.add_template_owned("chat", source)?;
     Ok(env)
@@ -252,6 +259,15 @@ fn length(value: minijinja::Value) -> std::result::Result<usize, minijinja::Erro
             format!("cannot calculate length of value of type {}", value.kind()),
         )
     })
+}
+
+/// jinja2's `iterable` test: whether `iter(value)` works. `none` is not iterable (minijinja
+/// iterates it as empty); an undefined value is (jinja2's `Undefined` iterates as empty).
+fn iterable(value: minijinja::Value) -> bool {
+    if value.is_undefined() {
+        return true;
+    }
+    !value.is_none() && value.try_iter().is_ok()
 }
 
 /// transformers' `tojson` filter: `json.dumps` with `ensure_ascii=False`, optional `indent`, and
