@@ -49,6 +49,14 @@ fn logps_match_trl_for_qwen() {
     check("a_qwen_kto_sgd", "models/tiny-qwen2");
 }
 
+/// `kto logps` for every family beyond Llama/Qwen2 (tests/fixtures/trl/m_<family>).
+#[test]
+fn logps_match_trl_for_every_family() {
+    for family in ["qwen3", "mistral", "olmo2", "smollm3", "gemma2", "gemma3", "phi3"] {
+        check(&format!("m_{family}"), &format!("models/tiny-{family}"));
+    }
+}
+
 #[test]
 fn logps_match_trl_for_llama_with_max_length_48() {
     check("c_llama_weighted_adamw_ga2_trunc", "models/tiny-llama");
