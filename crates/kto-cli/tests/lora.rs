@@ -156,3 +156,57 @@ fn merge_logps_and_generate_with_an_adapter() {
     .map(String::from));
     assert!(result.status.success(), "{}", String::from_utf8_lossy(&result.stderr));
 }
+
+/// `kto merge` of PEFT's own `all-linear` adapter (tests/fixtures/trl/m_<family>/peft_adapter)
+/// onto every family beyond Llama/Qwen2, Phi-3's fused projections included: the merged folder
+/// has the base model's tensors, and its log-probs are the adapted model's as transformers +
+/// PEFT compute them (`peft_logps.jsonl`, the first rows of `logps.jsonl` at max_length 48).
+#[test]
+fn peft_adapters_merge_into_every_family() {
+    let dir = tempfile::tempdir().expect("temp dir");
+
+    for family in ["qwen3", "mistral", "olmo2", "smollm3", "gemma2", "gemma3", "phi3"] {
+        let base = fixture(&format!("models/tiny-{family}"));
+        let adapter = fixture(&format!("trl/m_{family}/peft_adapter"));
+        let merged = dir.path().join(family);
+        let args = ["merge", "--model", &s(&base), "--adapter", &s(&adapter), "--out", &s(&merged)];
+        let result = kto(&args.map(String::from));
+        assert!(result.status.success(), "{family}: {}", String::from_utf8_lossy(&result.stderr));
+        let device = burn::tensor::Device::flex();
+        let (_, base_model) = load_model(&base, &device, &LoadOptions::default()).expect("base");
+        let (_, merged_model) = load_model(&merged, &device, &LoadOptions::default()).expect("merged");
+        let names =
+            |m: &kto_models::TransformerLm| named_tensors(m).into_iter().map(|t| (t.0, t.1)).collect::<Vec<_>>();
+        assert_eq!(names(&merged_model), names(&base_model), "{family}: the base model's tensors");
+        let expected = read_jsonl(&format!("trl/m_{family}/peft_logps.jsonl"));
+        let rows = read_jsonl(&format!("trl/m_{family}/logps.jsonl"));
+        for (i, (e, row)) in expected.iter().zip(&rows).enumerate() {
+            let ids = |key: &str| -> Vec<i64> {
+                row[key].as_array().expect(key).iter().map(|v| v.as_i64().expect("id")).collect()
+            };
+            let (prompt, completion) = (ids("prompt_ids"), ids("completion_ids"));
+            let all: Vec<i64> = prompt.iter().chain(&completion).copied().take(48).collect();
+            let n = all.len();
+            let input = burn::tensor::Tensor::<2, burn::tensor::Int>::from_data(
+                burn::tensor::TensorData::new(all, [1, n]),
+                &device,
+            );
+            let mask = burn::tensor::Tensor::<2, burn::tensor::Bool>::from_data(
+                burn::tensor::TensorData::new(vec![true; n], [1, n]),
+                &device,
+            );
+            let scored: Vec<bool> = (0..n).map(|j| j >= prompt.len()).collect();
+            let completion_mask = burn::tensor::Tensor::<2, burn::tensor::Bool>::from_data(
+                burn::tensor::TensorData::new(scored, [1, n]),
+                &device,
+            );
+            let got = kto_core::sequence_logps(&merged_model, input, mask, completion_mask, 32).into_scalar::<f32>();
+            let want = e["logp"].as_f64().expect("logp");
+            let (rel, abs) = kto_testkit::CROSS_FRAMEWORK;
+            assert!(
+                kto_testkit::is_close(f64::from(got), want, rel, abs),
+                "{family} row {i}: merged {got} vs PEFT {want}"
+            );
+        }
+    }
+}
