@@ -589,7 +589,7 @@ fn every_family_trains_on_two_devices_and_resumes_bit_exactly() {
         let result = run(&with(base(&one), "--gradient-accumulation-steps", "2"));
         assert!(result.status.success(), "{family}: {}", String::from_utf8_lossy(&result.stderr));
         for ((name, a), (_, b)) in zip_eq(&weights(&two), &weights(&one), family) {
-            let worst = zip_eq(a, b, &name).map(|(x, y)| (x - y).abs()).fold(0.0f32, f32::max);
+            let worst = zip_eq(a, b, name).map(|(x, y)| (x - y).abs()).fold(0.0f32, f32::max);
             assert!(worst <= 1e-6, "{family} {name}: two devices vs one accumulating: {worst:e}");
         }
         let resumed = dir.path().join(format!("{family}-resumed"));
