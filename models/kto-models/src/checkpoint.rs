@@ -213,6 +213,7 @@ fn build(config: &DecoderConfig, src: &mut Source<'_>) -> Result<TransformerLm> 
             pattern: config.layers[i],
             scale: config.attn_scale,
             softcap: config.attn_softcap,
+            compute: None,
         };
         let mlp = Mlp {
             gate_proj,

@@ -110,6 +110,9 @@ struct LmExtras {
     final_softcap: Option<f64>,
     /// The local RoPE of layers marked `local_rope` (Gemma 3's sliding layers).
     rope_local: Option<RotaryEmbedding>,
+    /// Mixed precision: the output head's matmul in this dtype (see
+    /// [`TransformerLm::with_compute_dtype`]).
+    compute: Option<burn::tensor::FloatDType>,
 }
 
 impl LmExtras {
@@ -118,6 +121,7 @@ impl LmExtras {
             embed_scale: config.embed_scale,
             final_softcap: config.final_softcap,
             rope_local: config.rope_local.map(|(theta, scaling)| RotaryEmbedding::new(config.head_dim, theta, scaling)),
+            compute: None,
         }
     }
 }
@@ -322,6 +326,15 @@ impl CausalLm for TransformerLm {
 impl TransformerLm {
     /// The output head's logits, before any soft-cap.
     fn head(&self, hidden: Tensor<3>) -> Tensor<3> {
+        if let Some(dtype) = self.extras.compute {
+            let out = burn::tensor::FloatDType::from(hidden.dtype());
+            let weight = match &self.lm_head {
+                Some(head) => head.weight.val(),                          // [d_model, vocab]
+                None => self.model.embed_tokens.weight.val().transpose(), // tied: Eᵀ
+            };
+            let bias = self.lm_head.as_ref().and_then(|h| h.bias.as_ref()).map(|b| b.val().cast(dtype));
+            return burn::tensor::module::linear(hidden.cast(dtype), weight.cast(dtype), bias).cast(out);
+        }
         match &self.lm_head {
             Some(head) => head.forward(hidden),
             None => {
@@ -424,7 +437,7 @@ impl TransformerLm {
             let device = proj.linear.weight.device();
             let dtype = proj.linear.weight.val().dtype();
             let adapter = config.init_adapter(d_in, d_out, &mut rng, &device);
-            Projection { lora: Some(cast_adapter(adapter, dtype)), linear: proj.linear }
+            Projection { lora: Some(cast_adapter(adapter, dtype)), ..proj }
         })
     }
 
@@ -437,8 +450,22 @@ impl TransformerLm {
         assert!((0.0..1.0).contains(&p), "lora_dropout must be in [0, 1), got {p}");
         self.map_projections(|_, _, proj| Projection {
             lora: proj.lora.map(|adapter| crate::layers::LoraAdapter { dropout: p, ..adapter }),
-            linear: proj.linear,
+            ..proj
         })
+    }
+
+    /// Mixed precision, as TRL's `bf16=True` runs transformers under autocast: the weights stay
+    /// as they are (f32 masters, trained in f32), and every matmul (the projections and their
+    /// adapters, the attention products, the output head) runs on inputs cast to `dtype`, its
+    /// output cast back; embeddings, norms, RoPE, softmax and the log-probs stay in f32.
+    /// `None` turns it off.
+    pub fn with_compute_dtype(self, dtype: Option<burn::tensor::FloatDType>) -> Self {
+        let mut model = self.map_projections(|_, _, proj| Projection { compute: dtype, ..proj });
+        for layer in &mut model.model.layers {
+            layer.self_attn.compute = dtype;
+        }
+        model.extras.compute = dtype;
+        model
     }
 
     /// Whether any projection has an adapter.
@@ -449,7 +476,7 @@ impl TransformerLm {
     /// The same model with every adapter removed: the base model, sharing its weights (no
     /// copy), which is LoRA training's reference.
     pub fn without_adapters(&self) -> Self {
-        self.clone().map_projections(|_, _, proj| Projection { lora: None, linear: proj.linear })
+        self.clone().map_projections(|_, _, proj| Projection { lora: None, ..proj })
     }
 
     /// The adapters merged into the weights (`W + scale · A B`) and removed.
@@ -460,7 +487,7 @@ impl TransformerLm {
             }
             let weight = proj.merged_weight();
             let linear = burn::nn::Linear { weight: burn::module::Param::from_tensor(weight), bias: proj.linear.bias };
-            Projection { linear, lora: None }
+            Projection { linear, lora: None, compute: proj.compute }
         })
     }
 }

@@ -128,7 +128,7 @@ pub fn load_adapter(model: TransformerLm, folder: &Path) -> Result<(TransformerL
         }
         let device = proj.linear.weight.device();
         let adapter = config.adapter_from(transpose(&a.1, r, d_in), transpose(&b.1, d_out, r), d_in, d_out, &device);
-        Projection { lora: Some(adapter), linear: proj.linear }
+        Projection { lora: Some(adapter), ..proj }
     });
     if let Some(p) = problem {
         return Err(wbad(p));

@@ -54,6 +54,7 @@ impl AttentionConfig {
             pattern: LayerAttention { sliding_window: None, rope: true, local_rope: false },
             scale: None,
             softcap: None,
+            compute: None,
         }
     }
 }
@@ -94,6 +95,9 @@ pub struct Attention {
     /// `tanh(scores / c) · c` before the mask (Gemma 2's `attn_logit_softcapping`).
     #[module(skip)]
     pub softcap: Option<f64>,
+    /// Mixed precision: the two attention products on inputs cast to this dtype.
+    #[module(skip)]
+    pub compute: Option<FloatDType>,
 }
 
 /// Keys and values of the positions seen so far, for one layer.
@@ -170,13 +174,21 @@ impl Attention {
 
         let dtype = q.dtype();
         let scale = self.scale.unwrap_or(1.0 / (hd as f64).sqrt());
-        let mut scores = q.matmul(k.swap_dims(2, 3)).cast(FloatDType::F32) * scale; // [batch, n_heads, seq, total]
+        let mut scores = match self.compute {
+            // As under autocast: the product and its scaling in the compute dtype.
+            Some(low) => (q.cast(low).matmul(k.cast(low).swap_dims(2, 3)) * scale).cast(FloatDType::F32),
+            None => q.matmul(k.swap_dims(2, 3)).cast(FloatDType::F32) * scale,
+        }; // [batch, n_heads, seq, total]
         if let Some(cap) = self.softcap {
             scores = (scores / cap).tanh() * cap;
         }
         let masked = attention_mask(key_mask, seq, past, self.pattern.sliding_window).expand([batch, h, seq, total]);
-        let probs = softmax_last(scores.mask_fill(masked, f32::NEG_INFINITY)).cast(dtype);
-        let context = probs.matmul(v).swap_dims(1, 2).reshape([batch, seq, h * hd]); // [batch, seq, n_heads · head_dim]
+        let probs = softmax_last(scores.mask_fill(masked, f32::NEG_INFINITY));
+        let context = match self.compute {
+            Some(low) => probs.cast(low).matmul(v.cast(low)).cast(dtype),
+            None => probs.cast(dtype).matmul(v),
+        };
+        let context = context.swap_dims(1, 2).reshape([batch, seq, h * hd]); // [batch, seq, n_heads · head_dim]
         self.o_proj.forward(context)
     }
 }

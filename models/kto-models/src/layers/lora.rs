@@ -8,6 +8,7 @@ use std::ops::Deref;
 use burn::module::Param;
 use burn::nn::Linear;
 use burn::prelude::*;
+use burn::tensor::FloatDType;
 use kto_core::SplitMix64;
 
 /// One low-rank adapter.
@@ -45,6 +46,13 @@ impl LoraAdapter {
         let h = x.reshape([b * s, d_in]).matmul(self.a.val()).matmul(self.b.val());
         (h * self.scale).reshape([b, s, d_out])
     }
+
+    /// [`Self::forward`] with `A` and `B` cast to `dtype` (the input already is).
+    fn forward_in(&self, x: Tensor<3>, dtype: FloatDType) -> Tensor<3> {
+        let cast = |p: &Param<Tensor<2>>| Param::from_tensor(p.val().cast(dtype));
+        let adapter = LoraAdapter { a: cast(&self.a), b: cast(&self.b), scale: self.scale, dropout: self.dropout };
+        adapter.forward(x)
+    }
 }
 
 /// A projection of the decoder: a linear layer and, under LoRA, its adapter. Dereferences to the
@@ -55,11 +63,15 @@ pub struct Projection {
     pub linear: Linear,
     /// The adapter, when this projection is targeted.
     pub lora: Option<LoraAdapter>,
+    /// Mixed precision: the matmul runs on inputs and weights cast to this dtype (the weights
+    /// stay as they are, f32 masters), and the output is cast back, as under torch's autocast.
+    #[module(skip)]
+    pub compute: Option<FloatDType>,
 }
 
 impl From<Linear> for Projection {
     fn from(linear: Linear) -> Self {
-        Self { linear, lora: None }
+        Self { linear, lora: None, compute: None }
     }
 }
 
@@ -73,10 +85,27 @@ impl Deref for Projection {
 impl Projection {
     /// `x W (+ bias) + scale · (x A) B`.
     pub fn forward(&self, x: Tensor<3>) -> Tensor<3> {
+        if let Some(dtype) = self.compute {
+            return self.forward_in(x, dtype);
+        }
         match &self.lora {
             None => self.linear.forward(x),
             Some(adapter) => self.linear.forward(x.clone()) + adapter.forward(x),
         }
+    }
+
+    /// [`Self::forward`] with the input, weights and bias cast to `dtype` for the matmuls (the
+    /// adapter's too) and the output cast back to the input's dtype.
+    fn forward_in(&self, x: Tensor<3>, dtype: FloatDType) -> Tensor<3> {
+        let out = FloatDType::from(x.dtype());
+        let x = x.cast(dtype);
+        let weight = self.linear.weight.val().cast(dtype);
+        let bias = self.linear.bias.as_ref().map(|b| b.val().cast(dtype));
+        let mut y = burn::tensor::module::linear(x.clone(), weight, bias);
+        if let Some(adapter) = &self.lora {
+            y = y + adapter.forward_in(x, dtype);
+        }
+        y.cast(out)
     }
 
     /// The weight with the adapter merged in: `W + scale · A B` (`[d_in, d_out]`).
