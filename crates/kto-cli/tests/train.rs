@@ -603,3 +603,37 @@ fn every_family_trains_on_two_devices_and_resumes_bit_exactly() {
         assert!(weights(&resumed) == weights(&one), "{family}: resumed weights are bit-identical");
     }
 }
+
+/// `--bf16` is TRL's `bf16=True`: mixed precision over f32 master weights (the numbers are
+/// tests/mixed_precision.rs's). Here the plumbing: the run learns at the quick-start rate (its
+/// saved weights are f32 and moved), the summary names the precision, and a device without bf16
+/// is refused before anything is written.
+#[test]
+fn bf16_is_mixed_precision_over_f32_master_weights() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let out = dir.path().join("bf16");
+    let args = with(with(case_a_args(&out), "--device", "flex"), "--bf16", "true");
+    let args = with(with(with(args, "--optim", "adamw_torch"), "--learning-rate", "5e-7"), "--max-steps", "6");
+    let result = run(&with(args.clone(), "--max-length", "48"));
+    assert!(result.status.success(), "{}", String::from_utf8_lossy(&result.stderr));
+    let summary: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("run_summary.json")).expect("summary")).expect("json");
+    assert_eq!(summary["precision"], "bf16-mixed");
+    let saved = kto_models::load_tensor_file(&out.join("model.safetensors")).expect("saved");
+    let initial = kto_models::load_tensor_file(&fixture("models/tiny-qwen2/model.safetensors")).expect("initial");
+    let (mut moved, mut total) = (0usize, 0usize);
+    for ((name, _, a), (_, _, b)) in zip_eq(&saved, &initial, "tensors") {
+        assert_eq!(a.len(), b.len(), "{name}");
+        moved += zip_eq(a, b, name).filter(|(x, y)| x != y).count();
+        total += a.len();
+    }
+    // At lr 5e-7 a bf16 weight would not move (its spacing is 2^-8 of its size); f32 masters do.
+    assert!(moved as f64 >= 0.99 * total as f64, "{moved} of {total} weights moved");
+
+    let never = dir.path().join("never");
+    let args = with(with(case_a_args(&never), "--bf16", "true"), "--device", "ndarray");
+    let result = run(&args);
+    let stderr = String::from_utf8_lossy(&result.stderr);
+    assert!(!result.status.success() && stderr.contains("invalid value for `bf16`: the device"), "{stderr}");
+    assert!(!never.exists(), "nothing written");
+}

@@ -187,6 +187,7 @@ fn run(c: &TrainConfig) -> Result<()> {
             history: &fitted.history,
             warnings: &data.warnings,
             device_names: &run.device_names,
+            precision: if plan.models.compute.is_some() { "bf16-mixed" } else { "fp32" },
             devices: n_devices,
         },
     )

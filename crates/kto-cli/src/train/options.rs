@@ -129,7 +129,8 @@ options! {
     /// Recompute activations in the backward pass to save memory (TRL's default: true).
     #[arg(num_args = 0..=1, default_missing_value = "true")]
     gradient_checkpointing: bool = true;
-    /// Train with bf16 weights and activations (flex, CUDA).
+    /// TRL's `bf16=True`: mixed precision, f32 master weights and optimizer state, every matmul
+    /// on bf16 inputs (flex, CUDA).
     #[arg(num_args = 0..=1, default_missing_value = "true")]
     bf16: bool = false;
     /// The device (as compiled in).

@@ -44,7 +44,10 @@ pub struct ModelPlan {
     pub lora: Option<LoraConfig>,
     /// `!disable_dropout`: LoRA's dropout is applied in training forwards.
     pub apply_lora_dropout: bool,
+    /// The weights' dtype (f32: mixed precision keeps f32 masters).
     pub dtype: FloatDType,
+    /// Mixed precision: the dtype the matmuls compute in (`bf16`).
+    pub compute: Option<FloatDType>,
     pub gradient_checkpointing: bool,
     /// The seed of LoRA's initialisation.
     pub seed: u64,
@@ -246,7 +249,8 @@ pub fn plan(c: &TrainConfig) -> Result<Plan> {
             adapter: given(&c.adapter).map(PathBuf::from),
             lora,
             apply_lora_dropout: !c.disable_dropout,
-            dtype: if c.bf16 { FloatDType::BF16 } else { FloatDType::F32 },
+            dtype: FloatDType::F32,
+            compute: c.bf16.then_some(FloatDType::BF16),
             gradient_checkpointing: c.gradient_checkpointing,
             seed: c.seed,
         },

@@ -63,6 +63,7 @@ pub fn prepare(
         load_model(&models.ref_folder, setting.device, &options)
             .with_context(|| format!("loading the reference from {}", models.ref_folder.display()))?
             .1
+            .with_compute_dtype(model_plan.compute)
     };
     if !plan.precompute {
         return Ok(Reference::Model(reference));

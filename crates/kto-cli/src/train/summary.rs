@@ -20,6 +20,8 @@ pub struct Summary<'a> {
     pub warnings: &'a [String],
     /// `--device` or `--devices` as given.
     pub device_names: &'a str,
+    /// `fp32` or `bf16-mixed` (f32 master weights, bf16 matmuls).
+    pub precision: &'a str,
     pub devices: u64,
 }
 
@@ -37,6 +39,7 @@ pub fn write(output_dir: &Path, s: &Summary<'_>) -> Result<()> {
         "final": {"loss": last("loss"), "kl": last("kl"), "rewards/margins": last("rewards/margins")},
         "warnings": s.warnings,
         "device": s.device_names,
+        "precision": s.precision,
         "devices": s.devices,
         "kto_version": env!("CARGO_PKG_VERSION"),
     });
