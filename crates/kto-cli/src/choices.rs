@@ -20,6 +20,21 @@ kto_core::choice! {
     }
 }
 
+kto_core::choice! {
+    /// The dtype of the final model on disk (`--save-dtype`).
+    pub enum SaveDType("save_dtype", default = Auto) {
+        /// The source checkpoint's (its config's `torch_dtype`/`dtype`), as transformers saves;
+        /// float32 when it records none.
+        Auto = "auto",
+        /// float32.
+        Float32 = "float32",
+        /// bfloat16.
+        Bfloat16 = "bfloat16",
+        /// float16.
+        Float16 = "float16",
+    }
+}
+
 /// Parses a `T` with its `FromStr`; `--help` shows `names`.
 #[derive(Debug, Clone)]
 pub struct Values<T> {

@@ -637,3 +637,37 @@ fn bf16_is_mixed_precision_over_f32_master_weights() {
     assert!(!result.status.success() && stderr.contains("invalid value for `bf16`: the device"), "{stderr}");
     assert!(!never.exists(), "nothing written");
 }
+
+/// `--save-dtype`: the final model in the dtype asked for (config and tensors), the checkpoints
+/// in f32, the weights training resumes from; `auto` (the default) keeps the source's float32.
+#[test]
+fn the_final_model_is_saved_in_the_dtype_asked_for() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let dtypes = |file: &Path| -> Vec<String> {
+        let bytes = std::fs::read(file).expect("safetensors");
+        let len = u64::from_le_bytes(bytes[..8].try_into().expect("8 bytes")) as usize;
+        let header: serde_json::Value = serde_json::from_slice(&bytes[8..8 + len]).expect("header");
+        let mut found: Vec<String> = header
+            .as_object()
+            .expect("object")
+            .iter()
+            .filter(|(k, _)| *k != "__metadata__")
+            .map(|(_, v)| v["dtype"].as_str().expect("dtype").to_string())
+            .collect();
+        found.sort();
+        found.dedup();
+        found
+    };
+    let out = dir.path().join("bf16-out");
+    let args = with(with(case_a_args(&out), "--save-dtype", "bfloat16"), "--max-steps", "2");
+    let result = run(&with(args, "--save-steps", "2"));
+    assert!(result.status.success(), "{}", String::from_utf8_lossy(&result.stderr));
+    assert_eq!(dtypes(&out.join("model.safetensors")), ["BF16"]);
+    let config = std::fs::read_to_string(out.join("config.json")).expect("config");
+    assert!(config.contains("\"torch_dtype\": \"bfloat16\""), "{config}");
+    assert_eq!(dtypes(&out.join("checkpoint-2/model.safetensors")), ["F32"], "checkpoints keep f32");
+    let auto = dir.path().join("auto");
+    let result = run(&with(case_a_args(&auto), "--max-steps", "1"));
+    assert!(result.status.success(), "{}", String::from_utf8_lossy(&result.stderr));
+    assert_eq!(dtypes(&auto.join("model.safetensors")), ["F32"], "the source's float32");
+}

@@ -173,7 +173,8 @@ fn run(c: &TrainConfig) -> Result<()> {
     let fitted = fit::fit(&inputs, reference, restored)?;
 
     // The model, the summary and the plots.
-    save::save(&fitted.policy, lora, &models.model_config, &data.folder, &run.output_dir, inputs.dtype)?;
+    let final_dtype = save::final_dtype(run.save_dtype, &models.model_config);
+    save::save(&fitted.policy, lora, &models.model_config, &data.folder, &run.output_dir, final_dtype)?;
     summary::write(
         &run.output_dir,
         &summary::Summary {

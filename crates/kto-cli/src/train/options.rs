@@ -10,7 +10,7 @@ use kto_data::TruncationMode;
 use kto_models::LoraTargets;
 use serde::{Deserialize, Serialize};
 
-use crate::choices::{EvalStrategy, LORA_TARGETS, choice, devices, values};
+use crate::choices::{EvalStrategy, LORA_TARGETS, SaveDType, choice, devices, values};
 use crate::device::{DeviceList, DeviceSpec};
 
 /// Declares every option once: the clap/serde struct of optional values, the resolved struct
@@ -133,6 +133,9 @@ options! {
     /// on bf16 inputs (flex, CUDA).
     #[arg(num_args = 0..=1, default_missing_value = "true")]
     bf16: bool = false;
+    /// The final model's dtype on disk (checkpoints keep the f32 weights training resumes from).
+    #[arg(value_parser = choice::<SaveDType>())]
+    save_dtype: SaveDType = SaveDType::Auto;
     /// The device (as compiled in).
     #[arg(value_parser = devices::<DeviceSpec>())]
     device: DeviceSpec = crate::device::default_device();

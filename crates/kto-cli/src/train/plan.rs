@@ -92,6 +92,8 @@ pub struct RunPlan {
     pub output_dir: PathBuf,
     pub resume_from_checkpoint: Option<String>,
     pub seed: u64,
+    /// The final model's dtype on disk.
+    pub save_dtype: crate::choices::SaveDType,
 }
 
 /// How many data-parallel devices `devices` lists (1 when it is empty: the single `device`).
@@ -286,6 +288,7 @@ pub fn plan(c: &TrainConfig) -> Result<Plan> {
             output_dir: c.output_dir.clone(),
             resume_from_checkpoint: given(&c.resume_from_checkpoint),
             seed: c.seed,
+            save_dtype: c.save_dtype,
         },
     })
 }

@@ -27,6 +27,20 @@ pub fn save(
     }
 }
 
+/// The final model's dtype on disk: as asked, or (`auto`) the source checkpoint's, as
+/// transformers saves a model in the dtype it was loaded with.
+pub fn final_dtype(asked: crate::choices::SaveDType, source: &DecoderConfig) -> StorageDType {
+    use crate::choices::SaveDType;
+    match asked {
+        SaveDType::Auto => {
+            source.stored_dtype.as_deref().and_then(StorageDType::from_config_name).unwrap_or(StorageDType::F32)
+        }
+        SaveDType::Float32 => StorageDType::F32,
+        SaveDType::Bfloat16 => StorageDType::BF16,
+        SaveDType::Float16 => StorageDType::F16,
+    }
+}
+
 /// The storage dtype of a run's compute dtype.
 pub fn storage(dtype: FloatDType) -> StorageDType {
     if dtype == FloatDType::BF16 { StorageDType::BF16 } else { StorageDType::F32 }
