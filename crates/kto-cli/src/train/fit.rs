@@ -54,25 +54,7 @@ pub fn fit(inputs: &Inputs<'_>, reference: Reference<TransformerLm>, restored: O
     let steps_per_epoch = FitConfig::steps_per_epoch(per_epoch, ga, n_devices);
     let micro_steps_per_epoch = FitConfig::micro_steps_per_epoch(per_epoch, n_devices);
     let total_steps = FitConfig::total_steps(run.max_steps, run.num_train_epochs, steps_per_epoch);
-    let trainer_config = TrainerConfig {
-        loss: run.loss.clone(),
-        optimizer: run.optimizer,
-        schedule: Schedule {
-            kind: run.schedule_kind,
-            learning_rate: run.learning_rate,
-            warmup_steps: Schedule::warmup(total_steps, run.warmup_steps, run.warmup_ratio),
-            total_steps,
-        },
-        max_grad_norm: run.max_grad_norm,
-        gradient_accumulation_steps: run.gradient_accumulation_steps,
-        per_device_train_batch_size: run.per_device_train_batch_size,
-        kl_mode: run.kl_mode,
-        logps: LogpsConfig::new(),
-    };
-    let checkpointing = models.gradient_checkpointing;
-    let replicas: Vec<_> = run.devices[1..].iter().map(|d| models::autodiff(d, checkpointing)).collect();
-    let trainer = Trainer::new(trainer_config, models.policy.clone(), reference)?;
-    let mut trainer = if run.ddp { trainer.with_ddp(&replicas) } else { trainer.with_devices(&replicas) };
+    let mut trainer = trainer(run, models, reference, total_steps)?;
     let (start, history) = match restored {
         Some(r) => resume::apply(&mut trainer, r)?,
         None => (Position::default(), Vec::new()),
@@ -136,4 +118,32 @@ pub fn fit(inputs: &Inputs<'_>, reference: Reference<TransformerLm>, restored: O
         history: hooks.history,
         step_seconds: hooks.step_seconds,
     })
+}
+
+/// The trainer over every data-parallel device, with the run's schedule over `total_steps`.
+fn trainer(
+    run: &RunPlan,
+    models: &Models,
+    reference: Reference<TransformerLm>,
+    total_steps: u64,
+) -> Result<Trainer<TransformerLm>> {
+    let trainer_config = TrainerConfig {
+        loss: run.loss.clone(),
+        optimizer: run.optimizer,
+        schedule: Schedule {
+            kind: run.schedule_kind,
+            learning_rate: run.learning_rate,
+            warmup_steps: Schedule::warmup(total_steps, run.warmup_steps, run.warmup_ratio),
+            total_steps,
+        },
+        max_grad_norm: run.max_grad_norm,
+        gradient_accumulation_steps: run.gradient_accumulation_steps,
+        per_device_train_batch_size: run.per_device_train_batch_size,
+        kl_mode: run.kl_mode,
+        logps: LogpsConfig::new(),
+    };
+    let checkpointing = models.gradient_checkpointing;
+    let replicas: Vec<_> = run.devices[1..].iter().map(|d| models::autodiff(d, checkpointing)).collect();
+    let trainer = Trainer::new(trainer_config, models.policy.clone(), reference)?;
+    Ok(if run.ddp { trainer.with_ddp(&replicas) } else { trainer.with_devices(&replicas) })
 }

@@ -117,17 +117,23 @@ pub fn plan(c: &TrainConfig) -> Result<Plan> {
     if c.dataset.is_empty() {
         bail!("`dataset` is required (--dataset PATH or a hub id)");
     }
-    let loss_type = c.loss_type;
-    let uses_kl = loss_type.uses_kl();
     let loss = KtoLossConfig::new()
         .with_beta(c.beta)
-        .with_loss_type(loss_type)
+        .with_loss_type(c.loss_type)
         .with_desirable_weight(c.desirable_weight)
         .with_undesirable_weight(c.undesirable_weight);
     loss.validate()?;
-    let optimizer = OptimizerKind::new(c.optim, c.adam_beta1, c.adam_beta2, c.adam_epsilon, c.weight_decay)?;
-    let kl_mode = c.kl_estimate;
-    if uses_kl && kl_mode == KlMode::MicroBatch && c.per_device_train_batch_size <= 1 {
+    let data = data_plan(c)?;
+    let run = run_plan(c, loss)?;
+    let reference = reference_plan(c)?;
+    let models = model_plan(c)?;
+    Ok(Plan { data, models, reference, run })
+}
+
+/// The data: tokenization (with the KL pairs of the loss and the window), sampling.
+fn data_plan(c: &TrainConfig) -> Result<DataPlan> {
+    let uses_kl = c.loss_type.uses_kl();
+    if uses_kl && c.kl_estimate == KlMode::MicroBatch && c.per_device_train_batch_size <= 1 {
         bail!("{}", kto_core::BATCH_SIZE_ONE_MESSAGE);
     }
     let tokenize = TokenizeConfig {
@@ -138,7 +144,7 @@ pub fn plan(c: &TrainConfig) -> Result<Plan> {
         kl_pairs: uses_kl,
         // One KL estimate per window: the pairs span the window too (batch 1 × GA 4 pairs as
         // TRL's batch 4 × GA 1).
-        kl_window: (kl_mode == KlMode::AccumulationWindow).then_some(KlWindow {
+        kl_window: (c.kl_estimate == KlMode::AccumulationWindow).then_some(KlWindow {
             gradient_accumulation_steps: c.gradient_accumulation_steps.max(1),
             devices: device_count(c),
         }),
@@ -154,6 +160,27 @@ pub fn plan(c: &TrainConfig) -> Result<Plan> {
     } else {
         Sampling::Sequential
     };
+    if c.precompute_ref_log_probs && sampling != Sampling::Sequential && uses_kl {
+        bail!(
+            "`precompute_ref_log_probs` needs sequential batches with a KL loss (the KL pairs are fixed at preprocessing); drop `shuffle`/`group_by_length`"
+        );
+    }
+    Ok(DataPlan {
+        dataset: c.dataset.clone(),
+        dataset_split: c.dataset_split.clone(),
+        eval: given(&c.eval_dataset).map(|d| (d, c.eval_dataset_split.clone())),
+        tokenize,
+        sampling,
+        uses_kl,
+        desirable_weight: c.desirable_weight,
+        undesirable_weight: c.undesirable_weight,
+        precompute_ref_log_probs: c.precompute_ref_log_probs,
+    })
+}
+
+/// The optimisation, evaluation, devices and outputs.
+fn run_plan(c: &TrainConfig, loss: KtoLossConfig) -> Result<RunPlan> {
+    let optimizer = OptimizerKind::new(c.optim, c.adam_beta1, c.adam_beta2, c.adam_epsilon, c.weight_decay)?;
     let eval_every = match c.eval_strategy {
         EvalStrategy::No => EvalEvery::Never,
         EvalStrategy::Steps => EvalEvery::Steps(if c.eval_steps > 0 { c.eval_steps } else { c.logging_steps }),
@@ -168,14 +195,6 @@ pub fn plan(c: &TrainConfig) -> Result<Plan> {
     if !(0.0..=1.0).contains(&c.warmup_ratio) {
         return Err(invalid("warmup_ratio", format!("{} (expected a fraction in [0, 1])", c.warmup_ratio)));
     }
-    if !(0.0..=1.0).contains(&c.ref_model_mixup_alpha) {
-        return Err(invalid("ref_model_mixup_alpha", format!("{} (expected [0, 1])", c.ref_model_mixup_alpha)));
-    }
-    if c.precompute_ref_log_probs && sampling != Sampling::Sequential && uses_kl {
-        bail!(
-            "`precompute_ref_log_probs` needs sequential batches with a KL loss (the KL pairs are fixed at preprocessing); drop `shuffle`/`group_by_length`"
-        );
-    }
     if c.ddp {
         let specs = &c.devices.0;
         if specs.len() < 2 || !specs.iter().all(|s| s.is_cuda()) {
@@ -185,17 +204,74 @@ pub fn plan(c: &TrainConfig) -> Result<Plan> {
             ));
         }
     }
-    if c.sync_ref_model && c.precompute_ref_log_probs {
-        bail!(
-            "`sync_ref_model` cannot be combined with `precompute_ref_log_probs` (the reference changes during training)"
-        );
-    }
     if !c.num_train_epochs.is_finite() || (c.max_steps <= 0 && c.num_train_epochs <= 0.0) {
         return Err(invalid(
             "num_train_epochs",
             format!("{} (expected a finite number, > 0 when max_steps is not set)", c.num_train_epochs),
         ));
     }
+    let devices = match c.devices.0.as_slice() {
+        [] => vec![c.device.device()],
+        list => list.iter().map(|spec| spec.device()).collect(),
+    };
+    Ok(RunPlan {
+        loss,
+        optimizer,
+        schedule_kind: c.lr_scheduler_type,
+        learning_rate: c.learning_rate,
+        warmup_steps: c.warmup_steps,
+        warmup_ratio: c.warmup_ratio,
+        max_grad_norm: (c.max_grad_norm > 0.0).then_some(c.max_grad_norm),
+        kl_mode: c.kl_estimate,
+        per_device_train_batch_size: c.per_device_train_batch_size,
+        per_device_eval_batch_size: c.per_device_eval_batch_size,
+        gradient_accumulation_steps: c.gradient_accumulation_steps.max(1),
+        max_steps: c.max_steps.max(0) as u64,
+        num_train_epochs: c.num_train_epochs,
+        logging_steps: c.logging_steps,
+        eval_every,
+        save_steps: (c.save_steps > 0).then_some(c.save_steps),
+        save_total_limit: c.save_total_limit,
+        pad_to_multiple_of: (c.pad_to_multiple_of > 0).then_some(c.pad_to_multiple_of),
+        devices,
+        device_names: if c.devices.0.is_empty() { c.device.to_string() } else { c.devices.to_string() },
+        ddp: c.ddp,
+        generate_during_eval: c.generate_during_eval,
+        output_dir: c.output_dir.clone(),
+        resume_from_checkpoint: given(&c.resume_from_checkpoint),
+        seed: c.seed,
+        save_dtype: c.save_dtype,
+    })
+}
+
+/// The reference: precomputed or a model, TR-DPO's syncs.
+fn reference_plan(c: &TrainConfig) -> Result<ReferencePlan> {
+    if !(0.0..=1.0).contains(&c.ref_model_mixup_alpha) {
+        return Err(invalid("ref_model_mixup_alpha", format!("{} (expected [0, 1])", c.ref_model_mixup_alpha)));
+    }
+    if c.sync_ref_model && c.precompute_ref_log_probs {
+        bail!(
+            "`sync_ref_model` cannot be combined with `precompute_ref_log_probs` (the reference changes during training)"
+        );
+    }
+    let manifest_settings = serde_json::json!({
+        "max_length": c.max_length, "max_prompt_length": c.max_prompt_length,
+        "truncation_mode": c.truncation_mode, "batch_size": c.per_device_train_batch_size,
+        "loss_type": c.loss_type, "pad_to_multiple_of": c.pad_to_multiple_of, "bf16": c.bf16,
+        "dataset_split": c.dataset_split, "eval_dataset_split": c.eval_dataset_split,
+        "kl_estimate": c.kl_estimate, "gradient_accumulation_steps": c.gradient_accumulation_steps,
+        "devices": device_count(c),
+    });
+    Ok(ReferencePlan {
+        precompute: c.precompute_ref_log_probs,
+        sync: c.sync_ref_model.then_some((c.ref_model_mixup_alpha, c.ref_model_sync_steps)),
+        per_device_eval_batch_size: c.per_device_eval_batch_size,
+        manifest_settings,
+    })
+}
+
+/// The models: the adapters (LoRA), precision, recomputation.
+fn model_plan(c: &TrainConfig) -> Result<ModelPlan> {
     if c.sync_ref_model && (c.use_peft || !c.adapter.is_empty()) {
         // TRL refuses it too: under LoRA the reference is the base model with the adapters off,
         // so there is no separate reference model to mix the policy into.
@@ -221,74 +297,15 @@ pub fn plan(c: &TrainConfig) -> Result<Plan> {
     } else {
         None
     };
-    let devices = match c.devices.0.as_slice() {
-        [] => vec![c.device.device()],
-        list => list.iter().map(|spec| spec.device()).collect(),
-    };
-    let manifest_settings = serde_json::json!({
-        "max_length": c.max_length, "max_prompt_length": c.max_prompt_length,
-        "truncation_mode": c.truncation_mode, "batch_size": c.per_device_train_batch_size,
-        "loss_type": c.loss_type, "pad_to_multiple_of": c.pad_to_multiple_of, "bf16": c.bf16,
-        "dataset_split": c.dataset_split, "eval_dataset_split": c.eval_dataset_split,
-        "kl_estimate": c.kl_estimate, "gradient_accumulation_steps": c.gradient_accumulation_steps,
-        "devices": device_count(c),
-    });
-    Ok(Plan {
-        data: DataPlan {
-            dataset: c.dataset.clone(),
-            dataset_split: c.dataset_split.clone(),
-            eval: given(&c.eval_dataset).map(|d| (d, c.eval_dataset_split.clone())),
-            tokenize,
-            sampling,
-            uses_kl,
-            desirable_weight: c.desirable_weight,
-            undesirable_weight: c.undesirable_weight,
-            precompute_ref_log_probs: c.precompute_ref_log_probs,
-        },
-        models: ModelPlan {
-            model: c.model.clone(),
-            ref_model: given(&c.ref_model),
-            adapter: given(&c.adapter).map(PathBuf::from),
-            lora,
-            apply_lora_dropout: !c.disable_dropout,
-            dtype: FloatDType::F32,
-            compute: c.bf16.then_some(FloatDType::BF16),
-            gradient_checkpointing: c.gradient_checkpointing,
-            seed: c.seed,
-        },
-        reference: ReferencePlan {
-            precompute: c.precompute_ref_log_probs,
-            sync: c.sync_ref_model.then_some((c.ref_model_mixup_alpha, c.ref_model_sync_steps)),
-            per_device_eval_batch_size: c.per_device_eval_batch_size,
-            manifest_settings,
-        },
-        run: RunPlan {
-            loss,
-            optimizer,
-            schedule_kind: c.lr_scheduler_type,
-            learning_rate: c.learning_rate,
-            warmup_steps: c.warmup_steps,
-            warmup_ratio: c.warmup_ratio,
-            max_grad_norm: (c.max_grad_norm > 0.0).then_some(c.max_grad_norm),
-            kl_mode,
-            per_device_train_batch_size: c.per_device_train_batch_size,
-            per_device_eval_batch_size: c.per_device_eval_batch_size,
-            gradient_accumulation_steps: c.gradient_accumulation_steps.max(1),
-            max_steps: c.max_steps.max(0) as u64,
-            num_train_epochs: c.num_train_epochs,
-            logging_steps: c.logging_steps,
-            eval_every,
-            save_steps: (c.save_steps > 0).then_some(c.save_steps),
-            save_total_limit: c.save_total_limit,
-            pad_to_multiple_of: (c.pad_to_multiple_of > 0).then_some(c.pad_to_multiple_of),
-            devices,
-            device_names: if c.devices.0.is_empty() { c.device.to_string() } else { c.devices.to_string() },
-            ddp: c.ddp,
-            generate_during_eval: c.generate_during_eval,
-            output_dir: c.output_dir.clone(),
-            resume_from_checkpoint: given(&c.resume_from_checkpoint),
-            seed: c.seed,
-            save_dtype: c.save_dtype,
-        },
+    Ok(ModelPlan {
+        model: c.model.clone(),
+        ref_model: given(&c.ref_model),
+        adapter: given(&c.adapter).map(PathBuf::from),
+        lora,
+        apply_lora_dropout: !c.disable_dropout,
+        dtype: FloatDType::F32,
+        compute: c.bf16.then_some(FloatDType::BF16),
+        gradient_checkpointing: c.gradient_checkpointing,
+        seed: c.seed,
     })
 }
