@@ -11,8 +11,8 @@ use std::path::Path;
 use burn::prelude::*;
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use kto::core::{
-    KlMode, KtoBatch, KtoLossConfig, LogpsConfig, OptimizerKind, Reference, Schedule, ScheduleKind, SequenceBatch,
-    Trainer, TrainerConfig,
+    KlMode, KtoBatch, KtoLossConfig, LogpsConfig, OptimizerKind, OptimizerStorage, Reference, Schedule, ScheduleKind,
+    SequenceBatch, Trainer, TrainerConfig,
 };
 use kto::models::{DecoderConfig, TransformerLm};
 
@@ -61,6 +61,7 @@ fn bench(c: &mut Criterion) {
         let trainer_config = TrainerConfig {
             loss: KtoLossConfig::new(),
             optimizer: OptimizerKind::AdamW { beta1: 0.9, beta2: 0.999, eps: 1e-8, weight_decay: 0.0 },
+            storage: OptimizerStorage::default(),
             schedule: Schedule {
                 kind: ScheduleKind::Constant,
                 learning_rate: 1e-5,

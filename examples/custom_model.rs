@@ -13,8 +13,8 @@ use burn::nn::{Embedding, EmbeddingConfig, Linear, LinearConfig};
 use burn::prelude::*;
 use burn::tensor::activation::silu;
 use kto::core::{
-    CausalLm, KlMode, KtoBatch, KtoLossConfig, LogpsConfig, OptimizerKind, Reference, Schedule, ScheduleKind,
-    SequenceBatch, Trainer, TrainerConfig,
+    CausalLm, KlMode, KtoBatch, KtoLossConfig, LogpsConfig, OptimizerKind, OptimizerStorage, Reference, Schedule,
+    ScheduleKind, SequenceBatch, Trainer, TrainerConfig,
 };
 
 const VOCAB: usize = 64;
@@ -102,6 +102,7 @@ fn main() -> Result<(), kto::core::Error> {
     let config = TrainerConfig {
         loss: KtoLossConfig::new().with_beta(0.1),
         optimizer: OptimizerKind::AdamW { beta1: 0.9, beta2: 0.999, eps: 1e-8, weight_decay: 0.0 },
+        storage: OptimizerStorage::default(),
         schedule: Schedule { kind: ScheduleKind::Constant, learning_rate: 5e-3, warmup_steps: 0, total_steps: 40 },
         max_grad_norm: Some(1.0),
         gradient_accumulation_steps: 1,

@@ -12,7 +12,8 @@ use std::path::{Path, PathBuf};
 
 use burn::prelude::*;
 use kto::core::{
-    KlMode, KtoLossConfig, LogpsConfig, OptimizerKind, Reference, Schedule, ScheduleKind, Trainer, TrainerConfig,
+    KlMode, KtoLossConfig, LogpsConfig, OptimizerKind, OptimizerStorage, Reference, Schedule, ScheduleKind, Trainer,
+    TrainerConfig,
 };
 use kto::data::{CollateConfig, HfTokenizer, KlPairing, TokenizeConfig, collate, read_jsonl, tokenize_examples};
 use kto::models::{LoadOptions, SaveOptions, TransformerLm, load_model, save_model};
@@ -46,6 +47,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let trainer_config = TrainerConfig {
         loss: KtoLossConfig::new().with_beta(0.1),
         optimizer: OptimizerKind::AdamW { beta1: 0.9, beta2: 0.999, eps: 1e-8, weight_decay: 0.0 },
+        storage: OptimizerStorage::default(),
         schedule: Schedule { kind: ScheduleKind::Linear, learning_rate: 1e-3, warmup_steps: 0, total_steps: STEPS },
         max_grad_norm: Some(1.0),
         gradient_accumulation_steps: 1,

@@ -4,8 +4,8 @@
 
 use burn::prelude::*;
 use kto::core::{
-    KlMode, KtoLossConfig, LogpsConfig, LossType, OptimizerKind, Reference, Schedule, ScheduleKind, Trainer,
-    TrainerConfig, reference_logps,
+    KlMode, KtoLossConfig, LogpsConfig, LossType, OptimizerKind, OptimizerStorage, Reference, Schedule, ScheduleKind,
+    Trainer, TrainerConfig, reference_logps,
 };
 use kto::data::{
     CollateConfig, HfTokenizer, KlPairing, KlWindow, TokenizeConfig, collate, read_jsonl, tokenize_examples,
@@ -209,6 +209,7 @@ fn run_in(case: &Case, device: &Device, layout: Option<Layout>) -> Outcome {
             .with_desirable_weight(f("desirable_weight"))
             .with_undesirable_weight(f("undesirable_weight")),
         optimizer,
+        storage: OptimizerStorage::default(),
         schedule: Schedule {
             kind: cfg["lr_scheduler_type"].as_str().expect("schedule").parse::<ScheduleKind>().expect("known"),
             learning_rate: f("learning_rate"),

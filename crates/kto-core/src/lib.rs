@@ -86,8 +86,8 @@ pub use metrics::{
     microbatch_metrics,
 };
 pub use optim::{
-    HostMoments, Optim, Optimizer, OptimizerKind, Schedule, ScheduleKind, clip_factor, gather_gradients,
-    global_grad_norm, mix_parameters, parameters_by_path,
+    HostMoments, Optim, Optimizer, OptimizerKind, OptimizerStorage, Schedule, ScheduleKind, clip_factor,
+    gather_gradients, global_grad_norm, mix_parameters, parameters_by_path, round_stochastic,
 };
 pub use pairing::{kl_partners, kl_partners_chunked, kl_partners_windowed, window_micro_batches};
 pub use rng::SplitMix64;

@@ -7,7 +7,7 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
-use kto_core::{Optimizer, OptimizerKind, Position};
+use kto_core::{Optimizer, OptimizerKind, OptimizerStorage, Position};
 use kto_models::{
     DecoderConfig, SaveOptions, StorageDType, TransformerLm, load_tensor_file, save_model, save_tensor_file,
 };
@@ -156,7 +156,11 @@ pub fn find(spec: &str, output_dir: &Path) -> Result<PathBuf> {
 }
 
 /// Reads a checkpoint's state and optimizer.
-pub fn load(folder: &Path, kind: OptimizerKind, device: &burn::tensor::Device) -> Result<Restored> {
+pub fn load(
+    folder: &Path,
+    (kind, storage): (OptimizerKind, OptimizerStorage),
+    device: &burn::tensor::Device,
+) -> Result<Restored> {
     let state_path = folder.join("trainer_state.json");
     let text = std::fs::read_to_string(&state_path).with_context(|| format!("reading {}", state_path.display()))?;
     let state: TrainerState =
@@ -173,6 +177,6 @@ pub fn load(folder: &Path, kind: OptimizerKind, device: &burn::tensor::Device) -
         }
     }
     let moments = moments.into_iter().map(|(k, (m, v))| (k, m, v)).collect();
-    let optimizer = Optimizer::from_host(kind, state.optimizer_steps, moments, device);
+    let optimizer = Optimizer::from_host(kind, storage, state.optimizer_steps, moments, device);
     Ok(Restored { folder: folder.into(), state, optimizer })
 }

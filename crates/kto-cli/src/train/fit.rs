@@ -130,6 +130,7 @@ fn trainer(
     let trainer_config = TrainerConfig {
         loss: run.loss.clone(),
         optimizer: run.optimizer,
+        storage: run.storage,
         schedule: Schedule {
             kind: run.schedule_kind,
             learning_rate: run.learning_rate,

@@ -25,6 +25,7 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use anyhow::{Context, Result};
+use kto_core::OptimizerKind;
 use kto_data::{CollateConfig, KlPairing};
 
 use self::options::{TrainConfig, TrainOptions, read_config_file};
@@ -136,7 +137,7 @@ fn run(c: &TrainConfig) -> Result<()> {
     };
     let identity = resume::identity(c, &sources)?;
     let spec = run.resume_from_checkpoint.as_deref();
-    let restored = resume::open(spec, &run.output_dir, run.optimizer, &device, n_devices, &identity)?;
+    let restored = resume::open(spec, &run.output_dir, (run.optimizer, run.storage), &device, n_devices, &identity)?;
 
     let models = models::load(&plan.models, &data.folder, &device, restored.as_ref())?;
     std::fs::create_dir_all(&run.output_dir).with_context(|| format!("creating {}", run.output_dir.display()))?;
@@ -173,7 +174,10 @@ fn run(c: &TrainConfig) -> Result<()> {
     let fitted = fit::fit(&inputs, reference, restored)?;
 
     // The model, the summary and the plots.
-    let final_dtype = save::final_dtype(run.save_dtype, &models.model_config);
+    // `auto` is the dtype of the model the run started from: a resumed policy is loaded from a
+    // checkpoint, which holds the training dtype (bf16 under --bf16-weights).
+    let source_config = kto_models::DecoderConfig::from_file(&data.folder.join("config.json"))?;
+    let final_dtype = save::final_dtype(run.save_dtype, &source_config);
     save::save(&fitted.policy, lora, &models.model_config, &data.folder, &run.output_dir, final_dtype)?;
     summary::write(
         &run.output_dir,
@@ -188,7 +192,11 @@ fn run(c: &TrainConfig) -> Result<()> {
             history: &fitted.history,
             warnings: &data.warnings,
             device_names: &run.device_names,
-            precision: if plan.models.compute.is_some() { "bf16-mixed" } else { "fp32" },
+            precision: plan.models.precision.name(),
+            moments: match run.optimizer {
+                OptimizerKind::Sgd { .. } => None,
+                OptimizerKind::AdamW { .. } => Some(if plan.models.bf16_moments { "bf16" } else { "f32" }),
+            },
             devices: n_devices,
         },
     )

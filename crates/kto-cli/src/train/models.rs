@@ -32,13 +32,6 @@ pub fn autodiff(device: &Device, checkpointing: bool) -> Device {
 
 /// Loads the policy from `folder` (the model) or the resumed checkpoint, with its adapters.
 pub fn load(plan: &ModelPlan, folder: &Path, device: &Device, resume: Option<&Restored>) -> Result<Models> {
-    if let Some(dtype) = plan.compute
-        && !device.supports_dtype(burn::tensor::DType::from(dtype))
-    {
-        anyhow::bail!(
-            "invalid value for `bf16`: the device {device:?} cannot compute in {dtype:?} (flex and CUDA can); train in f32 there (--bf16 false)"
-        );
-    }
     let train_device = autodiff(device, plan.gradient_checkpointing);
     let load_options = LoadOptions { dtype: plan.dtype };
     // Under LoRA the policy is the base model plus adapters (checkpoints hold adapters only).

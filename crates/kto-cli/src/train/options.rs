@@ -133,6 +133,15 @@ options! {
     /// on bf16 inputs (flex, CUDA).
     #[arg(num_args = 0..=1, default_missing_value = "true")]
     bf16: bool = false;
+    /// Beyond TRL, for memory: the policy's weights and gradients and the reference held in
+    /// bf16 (2 bytes per weight, not 4), every update computed in f32 and rounded
+    /// stochastically, seeded so a resume is exact (flex, CUDA).
+    #[arg(num_args = 0..=1, default_missing_value = "true")]
+    bf16_weights: bool = false;
+    /// Beyond TRL, for memory: AdamW's two moments held in bf16 (4 bytes per parameter, not 8),
+    /// rounded stochastically as --bf16-weights rounds the weights.
+    #[arg(num_args = 0..=1, default_missing_value = "true")]
+    bf16_moments: bool = false;
     /// The final model's dtype on disk (checkpoints keep the f32 weights training resumes from).
     #[arg(value_parser = choice::<SaveDType>())]
     save_dtype: SaveDType = SaveDType::Auto;

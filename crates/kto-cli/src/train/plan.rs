@@ -5,7 +5,7 @@ use std::path::PathBuf;
 
 use anyhow::{Result, bail};
 use burn::tensor::{Device, FloatDType};
-use kto_core::{EvalEvery, KlMode, KtoLossConfig, OptimizerKind, ScheduleKind};
+use kto_core::{EvalEvery, KlMode, KtoLossConfig, Optim, OptimizerKind, OptimizerStorage, ScheduleKind};
 use kto_data::{KlWindow, Sampling, TokenizeConfig};
 use kto_models::LoraConfig;
 
@@ -44,13 +44,39 @@ pub struct ModelPlan {
     pub lora: Option<LoraConfig>,
     /// `!disable_dropout`: LoRA's dropout is applied in training forwards.
     pub apply_lora_dropout: bool,
+    pub precision: Precision,
     /// The weights' dtype (f32: mixed precision keeps f32 masters).
     pub dtype: FloatDType,
     /// Mixed precision: the dtype the matmuls compute in (`bf16`).
     pub compute: Option<FloatDType>,
+    /// AdamW's moments in bf16 (`bf16_moments`).
+    pub bf16_moments: bool,
     pub gradient_checkpointing: bool,
     /// The seed of LoRA's initialisation.
     pub seed: u64,
+}
+
+/// How the policy is held and computed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Precision {
+    /// f32 throughout.
+    Fp32,
+    /// `bf16`: f32 master weights, matmuls on bf16 inputs (TRL's `bf16=True`).
+    Bf16Mixed,
+    /// `bf16_weights`: weights, gradients and the reference in bf16, stochastically rounded
+    /// updates.
+    Bf16Weights,
+}
+
+impl Precision {
+    /// As `run_summary.json` records it.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Fp32 => "fp32",
+            Self::Bf16Mixed => "bf16-mixed",
+            Self::Bf16Weights => "bf16-weights",
+        }
+    }
 }
 
 /// Where the reference log-probs come from.
@@ -94,6 +120,8 @@ pub struct RunPlan {
     pub seed: u64,
     /// The final model's dtype on disk.
     pub save_dtype: crate::choices::SaveDType,
+    /// Where the optimizer keeps AdamW's moments, and the seed of its stochastic rounding.
+    pub storage: OptimizerStorage,
 }
 
 /// How many data-parallel devices `devices` lists (1 when it is empty: the single `device`).
@@ -127,7 +155,29 @@ pub fn plan(c: &TrainConfig) -> Result<Plan> {
     let run = run_plan(c, loss)?;
     let reference = reference_plan(c)?;
     let models = model_plan(c)?;
+    check_precision(&models, &run.devices)?;
     Ok(Plan { data, models, reference, run })
+}
+
+/// Refuses a bf16 setting on a device that cannot compute in bf16, naming the setting and the
+/// device, before anything is read (a checkpoint's moments are restored in their dtype).
+fn check_precision(models: &ModelPlan, devices: &[Device]) -> Result<()> {
+    let asked = match models.precision {
+        Precision::Bf16Weights => Some("bf16_weights"),
+        Precision::Bf16Mixed => Some("bf16"),
+        Precision::Fp32 => models.bf16_moments.then_some("bf16_moments"),
+    };
+    let Some(setting) = asked else { return Ok(()) };
+    match devices.iter().find(|d| !d.supports_dtype(burn::tensor::DType::BF16)) {
+        Some(device) => Err(invalid(
+            setting,
+            format!(
+                "the device {device:?} cannot compute in bf16 (flex and CUDA can); train in f32 there (--{} false)",
+                setting.replace('_', "-")
+            ),
+        )),
+        None => Ok(()),
+    }
 }
 
 /// The data: tokenization (with the KL pairs of the loss and the window), sampling.
@@ -181,6 +231,9 @@ fn data_plan(c: &TrainConfig) -> Result<DataPlan> {
 /// The optimisation, evaluation, devices and outputs.
 fn run_plan(c: &TrainConfig, loss: KtoLossConfig) -> Result<RunPlan> {
     let optimizer = OptimizerKind::new(c.optim, c.adam_beta1, c.adam_beta2, c.adam_epsilon, c.weight_decay)?;
+    if c.bf16_moments && c.optim == Optim::Sgd {
+        return Err(invalid("bf16_moments", "`optim` is sgd, which keeps no moments (it applies to adamw_torch)"));
+    }
     let eval_every = match c.eval_strategy {
         EvalStrategy::No => EvalEvery::Never,
         EvalStrategy::Steps => EvalEvery::Steps(if c.eval_steps > 0 { c.eval_steps } else { c.logging_steps }),
@@ -241,6 +294,10 @@ fn run_plan(c: &TrainConfig, loss: KtoLossConfig) -> Result<RunPlan> {
         resume_from_checkpoint: given(&c.resume_from_checkpoint),
         seed: c.seed,
         save_dtype: c.save_dtype,
+        storage: OptimizerStorage {
+            moments: if c.bf16_moments { FloatDType::BF16 } else { FloatDType::F32 },
+            seed: c.seed,
+        },
     })
 }
 
@@ -297,14 +354,22 @@ fn model_plan(c: &TrainConfig) -> Result<ModelPlan> {
     } else {
         None
     };
+    // --bf16 with --bf16-weights is --bf16-weights: its matmuls are bf16 too.
+    let precision = match (c.bf16, c.bf16_weights) {
+        (_, true) => Precision::Bf16Weights,
+        (true, false) => Precision::Bf16Mixed,
+        (false, false) => Precision::Fp32,
+    };
     Ok(ModelPlan {
         model: c.model.clone(),
         ref_model: given(&c.ref_model),
         adapter: given(&c.adapter).map(PathBuf::from),
         lora,
         apply_lora_dropout: !c.disable_dropout,
-        dtype: FloatDType::F32,
-        compute: c.bf16.then_some(FloatDType::BF16),
+        precision,
+        dtype: if precision == Precision::Bf16Weights { FloatDType::BF16 } else { FloatDType::F32 },
+        compute: (precision != Precision::Fp32).then_some(FloatDType::BF16),
+        bf16_moments: c.bf16_moments,
         gradient_checkpointing: c.gradient_checkpointing,
         seed: c.seed,
     })

@@ -10,7 +10,7 @@ use std::path::Path;
 
 use anyhow::{Context, Result, bail};
 use burn::tensor::Device;
-use kto_core::{OptimizerKind, Position, Trainer};
+use kto_core::{OptimizerKind, OptimizerStorage, Position, Trainer};
 use kto_models::TransformerLm;
 use serde_json::{Map, Value, json};
 use sha2::{Digest, Sha256};
@@ -52,6 +52,8 @@ const SETTINGS: &[&str] = &[
     "lora_target_modules",
     "use_rslora",
     "bf16",
+    "bf16_weights",
+    "bf16_moments",
 ];
 
 /// The files a run reads, fingerprinted into its identity.
@@ -103,7 +105,7 @@ pub fn identity(c: &TrainConfig, sources: &Sources<'_>) -> Result<Map<String, Va
 pub fn open(
     spec: Option<&str>,
     output_dir: &Path,
-    optimizer: OptimizerKind,
+    optimizer: (OptimizerKind, OptimizerStorage),
     device: &Device,
     devices: u64,
     identity: &Map<String, Value>,

@@ -20,8 +20,10 @@ pub struct Summary<'a> {
     pub warnings: &'a [String],
     /// `--device` or `--devices` as given.
     pub device_names: &'a str,
-    /// `fp32` or `bf16-mixed` (f32 master weights, bf16 matmuls).
+    /// `fp32`, `bf16-mixed` (f32 master weights, bf16 matmuls) or `bf16-weights`.
     pub precision: &'a str,
+    /// AdamW's moments' dtype (`f32`, or `bf16` with --bf16-moments; `null` for SGD).
+    pub moments: Option<&'a str>,
     pub devices: u64,
 }
 
@@ -40,6 +42,7 @@ pub fn write(output_dir: &Path, s: &Summary<'_>) -> Result<()> {
         "warnings": s.warnings,
         "device": s.device_names,
         "precision": s.precision,
+        "optimizer_moments": s.moments,
         "devices": s.devices,
         "kto_version": env!("CARGO_PKG_VERSION"),
     });

@@ -27,7 +27,7 @@ use crate::lm::CausalLm;
 use crate::logps::LogpsConfig;
 use crate::loss::KtoLossConfig;
 use crate::metrics::{LogRecord, MetricsAggregator, Mode};
-use crate::optim::{Optimizer, OptimizerKind, Schedule};
+use crate::optim::{Optimizer, OptimizerKind, OptimizerStorage, Schedule};
 
 mod eval;
 mod parallel;
@@ -61,6 +61,8 @@ pub struct TrainerConfig {
     pub loss: KtoLossConfig,
     /// The optimizer.
     pub optimizer: OptimizerKind,
+    /// Where it keeps what it updates narrower than f32 (bf16 weights or moments).
+    pub storage: OptimizerStorage,
     /// The learning-rate schedule.
     pub schedule: Schedule,
     /// Global gradient-norm clipping (`None` or `0` disables it; transformers' default 1.0).
@@ -174,7 +176,7 @@ impl<M: CausalLm + Module + Clone + Send + Sync> Trainer<M> {
     /// As [`TrainerConfig::validate`]; a policy without parameters.
     pub fn new(config: TrainerConfig, policy: M, reference: Reference<M>) -> Result<Self> {
         config.validate()?;
-        let optimizer = Optimizer::new(config.optimizer);
+        let optimizer = Optimizer::new(config.optimizer, config.storage);
         let device = policy
             .devices()
             .into_iter()

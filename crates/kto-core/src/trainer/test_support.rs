@@ -8,7 +8,7 @@ use burn::prelude::*;
 use crate::batch::{KtoBatch, SequenceBatch};
 use crate::logps::LogpsConfig;
 use crate::loss::KtoLossConfig;
-use crate::optim::{OptimizerKind, Schedule, ScheduleKind};
+use crate::optim::{OptimizerKind, OptimizerStorage, Schedule, ScheduleKind};
 use crate::test_lm::TinyLm;
 
 use super::{KlMode, Reference, Trainer, TrainerConfig};
@@ -17,6 +17,7 @@ pub(crate) fn config(batch: usize, ga: usize, kl_mode: KlMode) -> TrainerConfig 
     TrainerConfig {
         loss: KtoLossConfig::new(),
         optimizer: OptimizerKind::AdamW { beta1: 0.9, beta2: 0.999, eps: 1e-8, weight_decay: 0.0 },
+        storage: OptimizerStorage::default(),
         schedule: Schedule { kind: ScheduleKind::Linear, learning_rate: 1e-2, warmup_steps: 0, total_steps: 4 },
         max_grad_norm: Some(1.0),
         gradient_accumulation_steps: ga,
