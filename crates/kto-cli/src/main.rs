@@ -6,6 +6,7 @@ mod audit;
 mod choices;
 mod data_args;
 mod device;
+mod devices;
 mod logps;
 mod train;
 
@@ -47,6 +48,9 @@ enum Command {
     Train(Box<train::TrainArgs>),
     /// Merge a PEFT LoRA adapter into its base model and write a plain Hugging Face folder.
     Merge(MergeArgs),
+    /// Probe each compiled-in device: which float dtypes really compute (a matmul in each,
+    /// against f32), and which `kto train` precision settings it therefore accepts.
+    Devices(devices::DevicesArgs),
 }
 
 #[derive(Debug, clap::Args)]
@@ -166,6 +170,7 @@ fn run(cli: Cli) -> Result<()> {
         Command::Logps(args) => logps::logps(&args),
         Command::Train(args) => train::train(&args),
         Command::Merge(args) => merge(&args),
+        Command::Devices(args) => devices::devices(&args),
     }
 }
 

@@ -84,3 +84,66 @@ fn convert_writes_a_bf16_folder_and_reports_bad_dtypes() {
     let expected = format!("error: loading model from {0}: {0}/config.json: No such file", missing.display());
     assert!(stderr.starts_with(&expected), "{stderr}");
 }
+
+/// `kto convert` on every family: the same tensor names and shapes as the source checkpoint (the
+/// fused Phi-3 projections, Gemma's four norms and OLMo 2's full-width q/k norms included), each
+/// value the source's rounded to the nearest bf16 (read back through a float32 convert), and the
+/// config unchanged but for its dtype.
+#[test]
+fn convert_keeps_every_familys_checkpoint_layout() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    for family in ["llama", "qwen2", "qwen3", "mistral", "olmo2", "smollm3", "gemma2", "gemma3", "phi3"] {
+        let model = fixture(&format!("models/tiny-{family}"));
+        let (out, back) = (dir.path().join(family), dir.path().join(format!("{family}-f32")));
+        // To bf16, and back to f32 (exact) to read the values.
+        for (from, to, dtype) in [(&model, &out, "bfloat16"), (&out, &back, "float32")] {
+            let (from, to) = (from.to_str().expect("path"), to.to_str().expect("path"));
+            let (ok, _, stderr) = kto(&["convert", "--model", from, "--out", to, "--dtype", dtype]);
+            assert!(ok, "{family} {dtype}: {stderr}");
+        }
+        let source = kto_models::load_tensor_file(&model.join("model.safetensors")).expect("source");
+        let converted = kto_models::load_tensor_file(&back.join("model.safetensors")).expect("converted");
+        let names =
+            |t: &[(String, Vec<usize>, Vec<f32>)]| t.iter().map(|(n, s, _)| (n.clone(), s.clone())).collect::<Vec<_>>();
+        assert_eq!(names(&converted), names(&source), "{family}: tensor names and shapes");
+        for ((name, _, a), (_, _, b)) in source.iter().zip(&converted) {
+            // Round to nearest, ties to even, on the f32 bits.
+            let nearest =
+                |x: f32| f32::from_bits(x.to_bits().wrapping_add(0x7FFF + ((x.to_bits() >> 16) & 1)) & 0xFFFF_0000);
+            assert!(a.iter().zip(b).all(|(x, y)| nearest(*x) == *y), "{family} {name}: not the bf16 rounding");
+        }
+        let read = |p: &std::path::Path| -> serde_json::Value {
+            let mut config: serde_json::Value =
+                serde_json::from_str(&std::fs::read_to_string(p.join("config.json")).expect("config")).expect("json");
+            let obj = config.as_object_mut().expect("object");
+            obj.remove("torch_dtype");
+            obj.remove("dtype");
+            config
+        };
+        assert_eq!(read(&out), read(&model), "{family}: config.json but its dtype");
+    }
+}
+
+/// `kto devices` runs a matmul in each dtype a device reports and names the precision settings
+/// it can train with: flex computes f32, f16 and bf16 (bf16's product within 2^-9-ish of f32's),
+/// ndarray f32 only, so only flex accepts --bf16, --bf16-weights and --bf16-moments.
+#[test]
+fn devices_reports_what_each_device_computes() {
+    let (ok, stdout, stderr) = kto(&["devices", "--devices", "flex,ndarray", "--json"]);
+    assert!(ok, "{stderr}");
+    let report: serde_json::Value = serde_json::from_str(&stdout).expect("json");
+    let (flex, ndarray) = (&report[0], &report[1]);
+    assert_eq!((&flex["device"], &ndarray["device"]), (&serde_json::json!("flex"), &serde_json::json!("ndarray")));
+    for dtype in ["f32", "f16", "bf16"] {
+        assert_eq!(flex["dtypes"][dtype]["computes"], true, "flex {dtype}: {stdout}");
+    }
+    // f32 against itself is exact; bf16 rounds the inputs (8 significant bits).
+    assert_eq!(flex["dtypes"]["f32"]["matmul_error"], 0.0);
+    let bf16 = flex["dtypes"]["bf16"]["matmul_error"].as_f64().expect("error");
+    assert!(bf16 > 1e-4 && bf16 < 1.5e-2, "bf16 error {bf16}");
+    assert_eq!(flex["train_precision"], serde_json::json!(["fp32", "--bf16", "--bf16-weights", "--bf16-moments"]));
+    assert_eq!(ndarray["dtypes"]["bf16"]["reported"], false);
+    assert_eq!(ndarray["train_precision"], serde_json::json!(["fp32"]));
+    let (ok, table, _) = kto(&["devices", "--devices", "ndarray"]);
+    assert!(ok && table.contains("| ndarray |") && table.contains("no (burn: no arithmetic)"), "{table}");
+}

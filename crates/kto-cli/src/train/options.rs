@@ -142,7 +142,7 @@ options! {
     /// rounded stochastically as --bf16-weights rounds the weights.
     #[arg(num_args = 0..=1, default_missing_value = "true")]
     bf16_moments: bool = false;
-    /// The final model's dtype on disk (checkpoints keep the f32 weights training resumes from).
+    /// The final model's dtype on disk (checkpoints keep the weights as training holds them).
     #[arg(value_parser = choice::<SaveDType>())]
     save_dtype: SaveDType = SaveDType::Auto;
     /// The device (as compiled in).
