@@ -239,6 +239,60 @@ struct Update<'a> {
     path: Vec<String>,
 }
 
+/// Elements of a parameter updated at once (16M: a 64 MB f32 temporary).
+const UPDATE_CHUNK: usize = 1 << 24;
+
+impl Update<'_> {
+    /// One chunk of the parameter at `key` (chunk number `chunk`), as stored: `p` in `dtype`,
+    /// its gradient `g`, and under AdamW its moments (`None` before the first step). Returns the
+    /// updated chunk in `dtype` and, under AdamW, its moments in the storage dtype.
+    fn update_chunk(
+        &self,
+        key: &str,
+        chunk: usize,
+        dtype: FloatDType,
+        p: Tensor<1>,
+        g: Tensor<1>,
+        moments: Option<Option<(Tensor<1>, Tensor<1>)>>,
+    ) -> (Tensor<1>, Option<(Tensor<1>, Tensor<1>)>) {
+        let p = p.cast(FloatDType::F32);
+        let mut g = g.cast(FloatDType::F32);
+        if self.grad_scale != 1.0 {
+            g = g * self.grad_scale;
+        }
+        let (lr, step, storage) = (self.lr, self.optimizer.step, self.optimizer.storage);
+        let decays = decays(&self.path);
+        // Chunk 0 draws as an unchunked tensor does; later chunks draw apart.
+        let seed = |which: u64| rounding_seed(storage.seed, step, key, which + 4 * chunk as u64);
+        let (updated, moments) = match self.optimizer.kind {
+            OptimizerKind::Sgd { weight_decay } => {
+                if weight_decay != 0.0 && decays {
+                    g = g + p.clone() * weight_decay;
+                }
+                (p - g * lr, None)
+            }
+            OptimizerKind::AdamW { beta1, beta2, eps, weight_decay } => {
+                let (m, v) = match moments.flatten() {
+                    Some((m, v)) => (m.cast(FloatDType::F32), v.cast(FloatDType::F32)),
+                    None => (g.zeros_like(), g.zeros_like()),
+                };
+                let p = if weight_decay != 0.0 && decays { p * (1.0 - lr * weight_decay) } else { p };
+                // torch: m.lerp_(g, 1 - β1); v.mul_(β2).addcmul_(g, g, 1 - β2).
+                let m = m.clone() + (g.clone() - m) * (1.0 - beta1);
+                let v = v * beta2 + g.clone() * g * (1.0 - beta2);
+                let bias1 = 1.0 - beta1.powi(step as i32);
+                let bias2_sqrt = (1.0 - beta2.powi(step as i32)).sqrt();
+                let denom = v.clone().sqrt() / bias2_sqrt + eps;
+                let out = p - m.clone() / denom * (lr / bias1);
+                let m = round_stochastic(m, storage.moments, seed(1));
+                let v = round_stochastic(v, storage.moments, seed(2));
+                (out, Some((m, v)))
+            }
+        };
+        (round_stochastic(updated, dtype, seed(0)), moments)
+    }
+}
+
 impl ModuleMapper for Update<'_> {
     fn enter_module(&mut self, name: &str, _container_type: &str) {
         self.path.push(name.to_string());
@@ -258,47 +312,35 @@ impl ModuleMapper for Update<'_> {
         // parameter's own (the device's), or the next forward mixes strategies and panics.
         let checkpointing = tensor.gradient_checkpointing_strategy();
         let dims = tensor.dims();
-        let dtype = tensor.dtype();
+        let dtype = FloatDType::from(tensor.dtype());
         let n: usize = dims.iter().product();
-        // The arithmetic runs in f32 on flattened views, whatever the parameter's dtype.
-        let p = tensor.inner().cast(FloatDType::F32).reshape([n]);
-        let mut g = grad.inner().cast(FloatDType::F32).reshape([n]);
-        if self.grad_scale != 1.0 {
-            g = g * self.grad_scale;
-        }
-        let lr = self.lr;
-        let step = self.optimizer.step;
-        let storage = self.optimizer.storage;
         let key = self.path.join(".");
-        let decays = decays(&self.path);
-        let updated = match self.optimizer.kind {
-            OptimizerKind::Sgd { weight_decay } => {
-                if weight_decay != 0.0 && decays {
-                    g = g + p.clone() * weight_decay;
-                }
-                p - g * lr
-            }
-            OptimizerKind::AdamW { beta1, beta2, eps, weight_decay } => {
-                let (m, v) = match self.optimizer.moments.remove(&key) {
-                    Some((m, v)) => (m.cast(FloatDType::F32), v.cast(FloatDType::F32)),
-                    None => (g.zeros_like(), g.zeros_like()),
-                };
-                let p = if weight_decay != 0.0 && decays { p * (1.0 - lr * weight_decay) } else { p };
-                // torch: m.lerp_(g, 1 - β1); v.mul_(β2).addcmul_(g, g, 1 - β2).
-                let m = m.clone() + (g.clone() - m) * (1.0 - beta1);
-                let v = v * beta2 + g.clone() * g * (1.0 - beta2);
-                let bias1 = 1.0 - beta1.powi(step as i32);
-                let bias2_sqrt = (1.0 - beta2.powi(step as i32)).sqrt();
-                let denom = v.clone().sqrt() / bias2_sqrt + eps;
-                let out = p - m.clone() / denom * (lr / bias1);
-                let moments = storage.moments;
-                let m = round_stochastic(m, moments, rounding_seed(storage.seed, step, &key, 1));
-                let v = round_stochastic(v, moments, rounding_seed(storage.seed, step, &key, 2));
-                self.optimizer.moments.insert(key.clone(), (m, v));
-                out
-            }
+        let (p, g) = (tensor.inner().reshape([n]), grad.inner().reshape([n]));
+        let moments = match self.optimizer.kind {
+            OptimizerKind::AdamW { .. } => Some(self.optimizer.moments.remove(&key)),
+            OptimizerKind::Sgd { .. } => None,
         };
-        let updated = round_stochastic(updated, FloatDType::from(dtype), rounding_seed(storage.seed, step, &key, 0));
+        // The arithmetic runs in f32 on flattened chunks, whatever the parameter's dtype, so
+        // the f32 temporaries of a large tensor (a 152k-token embedding) stay a chunk's size.
+        let chunks = n.div_ceil(UPDATE_CHUNK).max(1);
+        let mut parts = Vec::with_capacity(chunks);
+        let mut moment_parts = Vec::with_capacity(chunks);
+        for chunk in 0..chunks {
+            let range = chunk * UPDATE_CHUNK..n.min((chunk + 1) * UPDATE_CHUNK);
+            let slice = |t: &Tensor<1>| if chunks == 1 { t.clone() } else { t.clone().slice(range.clone()) };
+            let chunk_moments = moments.as_ref().map(|m| m.as_ref().map(|(m, v)| (slice(m), slice(v))));
+            let (out, new_moments) = self.update_chunk(&key, chunk, dtype, slice(&p), slice(&g), chunk_moments);
+            parts.push(out);
+            moment_parts.extend(new_moments);
+        }
+        let join = |parts: Vec<Tensor<1>>| {
+            if parts.len() == 1 { parts.into_iter().next().expect("one") } else { Tensor::cat(parts, 0) }
+        };
+        if !moment_parts.is_empty() {
+            let (m, v): (Vec<_>, Vec<_>) = moment_parts.into_iter().unzip();
+            self.optimizer.moments.insert(key, (join(m), join(v)));
+        }
+        let updated = join(parts);
         let mut updated = Tensor::from_inner(updated.reshape(dims));
         if let Some(strategy) = checkpointing {
             updated = updated.with_gradient_checkpointing_strategy(strategy);
@@ -649,6 +691,27 @@ mod tests {
         // 32 weights, each a sum of 400 steps of ±1.2e-4 with p ≈ 5e-7/1.2e-4: the mean move
         // 2e-4 with a standard error of about 2.5e-5.
         assert!((mean_move - 2e-4).abs() < 1e-4, "mean move {mean_move}");
+    }
+
+    #[test]
+    fn a_parameter_larger_than_a_chunk_is_updated_whole() {
+        // 8 × 2,097,153 = 2^24 + 8 elements: two chunks. SGD in f32 is elementwise, so every
+        // element must be exactly p − lr·g, across the chunk boundary too.
+        let device = Device::flex().autodiff();
+        let inner = device.clone().without_autodiff();
+        let n = 8 * 2_097_153;
+        let mut lm = crate::test_lm::TinyLm::new(8, 4, &device);
+        let start = Tensor::<1>::random([n], burn::tensor::Distribution::Normal(0.0, 1.0), &inner);
+        let grad = Tensor::<1>::random([n], burn::tensor::Distribution::Normal(0.0, 1.0), &inner);
+        lm.embed_tokens.weight =
+            Param::from_tensor(Tensor::from_inner(start.clone().reshape([8, 2_097_153])).require_grad());
+        let mut grads = GradientsParams::new();
+        grads.register(lm.embed_tokens.weight.id, grad.clone().reshape([8, 2_097_153]));
+        let mut optimizer = Optimizer::new(OptimizerKind::Sgd { weight_decay: 0.0 }, OptimizerStorage::default());
+        let lm = optimizer.step(lm, &mut grads, 0.5, 1.0);
+        let got = values(lm.embed_tokens.weight.val().inner().reshape([n]));
+        let (p, g) = (values(start), values(grad));
+        assert!(got.iter().zip(p.iter().zip(&g)).all(|(x, (p, g))| *x == p - g * 0.5), "an element differs");
     }
 
     #[test]
