@@ -7,8 +7,13 @@ TRL 1.16 tokenizes text itself; rows here are already token ids, so `_prepare_da
 overridden to only add TRL's KL completions (the +1 rotation in chunks of the batch size).
 Everything from the collator on is stock TRL.
 
-    python scripts/bench_trl_side.py MODEL_DIR DATA.jsonl STEPS WARMUP THREADS
+    python scripts/bench_trl_side.py MODEL_DIR DATA.jsonl STEPS WARMUP THREADS [--device cuda]
+        [--bf16] [--batch N] [--learning-rate LR]
+
+scripts/gpu-check.sh runs it on the GPU (`--device cuda`, TRL's bf16 mixed precision with
+`--bf16`); there the torch sgemm figure is left out and torch's peak reserved GPU memory is added.
 """
+import argparse
 import json
 import os
 import resource
@@ -26,10 +31,26 @@ from datasets import Dataset  # noqa: E402
 from transformers import AutoTokenizer, TrainerCallback  # noqa: E402
 from trl import KTOConfig, KTOTrainer  # noqa: E402
 
-model_dir, data_path, steps, warmup, threads = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5])
+parser = argparse.ArgumentParser()
+parser.add_argument("model_dir")
+parser.add_argument("data_path")
+parser.add_argument("steps", type=int)
+parser.add_argument("warmup", type=int)
+parser.add_argument("threads", type=int)
+parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+parser.add_argument("--bf16", action="store_true")
+parser.add_argument("--batch", type=int, default=4)
+parser.add_argument("--learning-rate", type=float, default=1e-5)
+cli = parser.parse_args()
+model_dir, data_path, steps, warmup, threads = cli.model_dir, cli.data_path, cli.steps, cli.warmup, cli.threads
 torch.set_num_threads(threads)
 rows = [json.loads(line) for line in open(data_path)]
-batch = 4
+batch = cli.batch
+cuda = cli.device == "cuda"
+if cuda:
+    # fp32 means fp32, as kto's: no TF32 in the matmuls.
+    torch.backends.cuda.matmul.allow_tf32 = False
+    torch.backends.cudnn.allow_tf32 = False
 
 
 class Tokenized(KTOTrainer):
@@ -53,14 +74,16 @@ class StepClock(TrainerCallback):
         self.t = time.perf_counter()
 
     def on_step_end(self, args, state, control, **kwargs):
+        if cuda:
+            torch.cuda.synchronize()
         times.append(time.perf_counter() - self.t)
 
 
 with tempfile.TemporaryDirectory() as out:
     config = KTOConfig(
-        output_dir=out, model_init_kwargs={"dtype": "float32"}, bf16=False, fp16=False, use_cpu=True,
+        output_dir=out, model_init_kwargs={"dtype": "float32"}, bf16=cli.bf16, fp16=False, use_cpu=not cuda,
         gradient_checkpointing=False, max_length=None, per_device_train_batch_size=batch,
-        gradient_accumulation_steps=1, learning_rate=1e-5, max_steps=warmup + steps, optim="adamw_torch",
+        gradient_accumulation_steps=1, learning_rate=cli.learning_rate, max_steps=warmup + steps, optim="adamw_torch",
         logging_steps=1, report_to="none", save_strategy="no", disable_tqdm=True, seed=0,
         dataloader_num_workers=0,
     )
@@ -69,20 +92,25 @@ with tempfile.TemporaryDirectory() as out:
     trainer.add_callback(StepClock())
     trainer.train()
 
-a, b = torch.randn(2048, 2048), torch.randn(2048, 2048)
-for _ in range(3):
-    torch.mm(a, b)
-mm = []
-for _ in range(10):
-    t = time.perf_counter()
-    torch.mm(a, b)
-    mm.append(time.perf_counter() - t)
 tokens = batch * (len(rows[0]["prompt_ids"]) + len(rows[0]["completion_ids"]))
 median = statistics.median(times[warmup:])
-print(json.dumps({
+result = {
     "seconds_per_step": median,
     "tokens_per_s": tokens / median,
+    "final_loss": next((h["loss"] for h in reversed(trainer.state.log_history) if "loss" in h), None),
     "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-    "sgemm_peak_gflops": 2 * 2048**3 / min(mm) / 1e9,
     "versions": {"torch": torch.__version__, "trl": __import__("trl").__version__},
-}))
+}
+if cuda:
+    result["torch_peak_reserved_gpu_mib"] = torch.cuda.max_memory_reserved() / 2**20
+else:
+    a, b = torch.randn(2048, 2048), torch.randn(2048, 2048)
+    for _ in range(3):
+        torch.mm(a, b)
+    mm = []
+    for _ in range(10):
+        t = time.perf_counter()
+        torch.mm(a, b)
+        mm.append(time.perf_counter() - t)
+    result["sgemm_peak_gflops"] = 2 * 2048**3 / min(mm) / 1e9
+print(json.dumps(result))

@@ -12,6 +12,7 @@
 # vocabulary 151,936). Prints one JSON object; nothing is downloaded.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+source scripts/precision_modes.sh
 size="${1:-40m}"
 steps="${2:-3}"
 threads="${3:-2}"
@@ -38,13 +39,8 @@ common=(train --model "$work/model" --ref-model "$work/model" --dataset "$work/d
         --optim adamw_torch --learning-rate 5e-7 --per-device-train-batch-size 4 --max-steps "$steps"
         --max-length 0 --logging-steps 1 --save-steps 0)
 results=()
-for mode in ${MODES:-fp32 bf16 bf16-weights bf16-weights+moments}; do
-  case "$mode" in
-    fp32) flags=() ;;
-    bf16) flags=(--bf16) ;;
-    bf16-weights) flags=(--bf16-weights) ;;
-    bf16-weights+moments) flags=(--bf16-weights --bf16-moments) ;;
-  esac
+for mode in ${MODES:-$PRECISION_MODES}; do
+  precision_flags "$mode"
   kib=$(RAYON_NUM_THREADS="$threads" /usr/bin/time -f "%M" target/release/kto "${common[@]}" "${flags[@]}" \
         --output-dir "$work/$mode" 2>&1 >/dev/null | tail -1)
   results+=("$mode=$kib")

@@ -19,6 +19,9 @@ pub fn compiled_devices() -> Vec<&'static str> {
     if cfg!(feature = "wgpu") {
         names.push("wgpu[:N]");
     }
+    if cfg!(feature = "vulkan") {
+        names.push("vulkan[:N]");
+    }
     if cfg!(feature = "cuda") {
         names.push("cuda[:N]");
     }
@@ -31,15 +34,20 @@ pub fn default_device() -> DeviceSpec {
     first.trim_end_matches("[:N]").parse().expect("a compiled-in name parses")
 }
 
-/// One device: `flex`, `ndarray`, `wgpu[:N]` or `cuda[:N]`, as compiled in.
+/// One device: `flex`, `ndarray`, `wgpu[:N]`, `vulkan[:N]` or `cuda[:N]`, as compiled in.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum DeviceSpec {
     /// The flex CPU backend.
     Flex,
     /// The ndarray CPU backend (deterministic).
     Ndarray,
-    /// A wgpu adapter (`None`: the default one).
+    /// A wgpu adapter on whichever graphics API wgpu settles on (`None`: the default adapter;
+    /// `Some(i)`: the i-th discrete GPU).
     Wgpu(Option<usize>),
+    /// A GPU through Vulkan, its kernels compiled to SPIR-V (cooperative-matrix matmuls where
+    /// the driver has them). `None`: the first discrete GPU, else the first integrated one;
+    /// `Some(i)`: the i-th discrete GPU.
+    Vulkan(Option<usize>),
     /// A CUDA device (`None`: device 0).
     Cuda(Option<usize>),
 }
@@ -51,30 +59,104 @@ impl DeviceSpec {
     }
 
     /// The burn device.
-    pub fn device(self) -> Device {
+    ///
+    /// # Errors
+    /// A GPU that is not there: `wgpu:N` or `vulkan[:N]` naming an adapter the machine does not
+    /// have, or `vulkan` on a machine whose only Vulkan adapter is a software one (Mesa's
+    /// lavapipe, whose compute pipelines crash on burn's kernels). The message lists the
+    /// adapters found.
+    pub fn device(self) -> anyhow::Result<Device> {
         match self {
             #[cfg(feature = "flex")]
-            Self::Flex => Device::flex(),
+            Self::Flex => Ok(Device::flex()),
             #[cfg(feature = "ndarray")]
             #[allow(deprecated)]
-            Self::Ndarray => Device::ndarray(),
+            Self::Ndarray => Ok(Device::ndarray()),
             #[cfg(feature = "wgpu")]
-            Self::Wgpu(index) => Device::wgpu(match index {
-                Some(i) => burn::tensor::DeviceKind::DiscreteGpu(i),
-                None => burn::tensor::DeviceKind::DefaultDevice,
-            }),
+            Self::Wgpu(None) => Ok(Device::wgpu(burn::tensor::DeviceKind::DefaultDevice)),
+            #[cfg(feature = "wgpu")]
+            Self::Wgpu(Some(i)) => {
+                gpu::present(self, Device::wgpu(burn::tensor::DeviceKind::DiscreteGpu(i)), gpu::Api::Wgpu)
+            }
+            #[cfg(feature = "vulkan")]
+            Self::Vulkan(index) => gpu::vulkan(self, index),
             #[cfg(feature = "cuda")]
-            Self::Cuda(index) => Device::cuda(index.unwrap_or(0)),
+            Self::Cuda(index) => Ok(Device::cuda(index.unwrap_or(0))),
             #[allow(unreachable_patterns)]
             other => unreachable!("{other} is refused by parsing in this build"),
         }
     }
 }
 
+/// Finding a GPU adapter before anything runs on it: burn opens a device lazily and panics on
+/// first use when it is missing.
+#[cfg(feature = "wgpu")]
+mod gpu {
+    use anyhow::{Result, bail};
+    use burn::tensor::{Device, DeviceKind, DeviceType};
+
+    use super::DeviceSpec;
+
+    #[derive(Clone, Copy)]
+    pub enum Api {
+        Wgpu,
+        #[cfg(feature = "vulkan")]
+        Vulkan,
+    }
+
+    /// The adapters wgpu finds on `api`, without opening them.
+    fn adapters(api: Api) -> Vec<Device> {
+        let kind = match api {
+            Api::Wgpu => DeviceType::Wgpu,
+            #[cfg(feature = "vulkan")]
+            Api::Vulkan => DeviceType::Vulkan,
+        };
+        Device::enumerate(kind).into_vec()
+    }
+
+    fn listing(found: &[Device]) -> String {
+        if found.is_empty() {
+            return "none".into();
+        }
+        found.iter().map(|d| format!("{d:?}")).collect::<Vec<_>>().join(", ")
+    }
+
+    /// `device` if wgpu finds it on `api`.
+    pub fn present(spec: DeviceSpec, device: Device, api: Api) -> Result<Device> {
+        let found = adapters(api);
+        if found.contains(&device) {
+            return Ok(device);
+        }
+        bail!("device `{spec}`: no such adapter; adapters found: {}", listing(&found))
+    }
+
+    /// `vulkan[:N]`: a hardware adapter pinned to Vulkan.
+    #[cfg(feature = "vulkan")]
+    pub fn vulkan(spec: DeviceSpec, index: Option<usize>) -> Result<Device> {
+        let pin = Device::vulkan;
+        if let Some(i) = index {
+            return present(spec, pin(DeviceKind::DiscreteGpu(i)), Api::Vulkan);
+        }
+        let found = adapters(Api::Vulkan);
+        for kind in [DeviceKind::DiscreteGpu(0), DeviceKind::IntegratedGpu(0), DeviceKind::VirtualGpu(0)] {
+            let device = pin(kind);
+            if found.contains(&device) {
+                return Ok(device);
+            }
+        }
+        if found.contains(&pin(DeviceKind::Cpu)) {
+            bail!(
+                "device `{spec}`: the only Vulkan adapter is a software one (Mesa's lavapipe), whose compute pipelines crash on burn's kernels; on this machine use `wgpu` (OpenGL) or `flex`"
+            );
+        }
+        bail!("device `{spec}`: no Vulkan GPU found (adapters: {}); is a Vulkan driver installed?", listing(&found))
+    }
+}
+
 impl FromStr for DeviceSpec {
     type Err = String;
 
-    /// Parses `flex`, `ndarray`, `wgpu`, `wgpu:N`, `cuda`, `cuda:N`.
+    /// Parses `flex`, `ndarray`, `wgpu`, `wgpu:N`, `vulkan`, `vulkan:N`, `cuda`, `cuda:N`.
     ///
     /// # Errors
     /// An unknown name, a bad index, or a backend this binary was built without; the message
@@ -91,6 +173,7 @@ impl FromStr for DeviceSpec {
             ("flex", None) if cfg!(feature = "flex") => Some(Self::Flex),
             ("ndarray", None) if cfg!(feature = "ndarray") => Some(Self::Ndarray),
             ("wgpu", index) if cfg!(feature = "wgpu") => Some(Self::Wgpu(index)),
+            ("vulkan", index) if cfg!(feature = "vulkan") => Some(Self::Vulkan(index)),
             ("cuda", index) if cfg!(feature = "cuda") => Some(Self::Cuda(index)),
             _ => None,
         };
@@ -109,6 +192,7 @@ impl fmt::Display for DeviceSpec {
             Self::Flex => ("flex", None),
             Self::Ndarray => ("ndarray", None),
             Self::Wgpu(i) => ("wgpu", *i),
+            Self::Vulkan(i) => ("vulkan", *i),
             Self::Cuda(i) => ("cuda", *i),
         };
         match index {

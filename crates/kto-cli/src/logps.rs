@@ -35,7 +35,7 @@ pub struct LogpsArgs {
 }
 
 pub fn logps(args: &LogpsArgs) -> Result<()> {
-    let device = args.device.device();
+    let device = args.device.device()?;
     let folder = model_folder(&args.model)?;
     let tokenizer = HfTokenizer::from_folder(&folder)
         .with_context(|| format!("loading the tokenizer from {}", folder.display()))?;

@@ -197,7 +197,7 @@ fn weights(args: &WeightsArgs) -> Result<()> {
 }
 
 fn generate_command(args: &GenerateArgs) -> Result<()> {
-    let device = args.device.device();
+    let device = args.device.device()?;
     let (config, model) = load_model(&args.model, &device, &LoadOptions::default())
         .with_context(|| format!("loading model from {}", args.model.display()))?;
     let model = match &args.adapter {
@@ -243,7 +243,7 @@ fn storage_dtype(name: Option<&str>) -> Result<Option<StorageDType>> {
 
 fn merge(args: &MergeArgs) -> Result<()> {
     let folder = data_args::model_folder(&args.model)?;
-    let device = device::default_device().device();
+    let device = device::default_device().device()?;
     let (config, model) = load_model(&folder, &device, &LoadOptions::default())
         .with_context(|| format!("loading model from {}", folder.display()))?;
     let (model, _) = kto_models::load_adapter(model, &args.adapter)
@@ -257,7 +257,7 @@ fn merge(args: &MergeArgs) -> Result<()> {
 
 fn convert(args: &ConvertArgs) -> Result<()> {
     let dtype = storage_dtype(args.dtype.as_deref())?;
-    let device = args.device.device();
+    let device = args.device.device()?;
     let (config, model) = load_model(&args.model, &device, &LoadOptions::default())
         .with_context(|| format!("loading model from {}", args.model.display()))?;
     save_model(

@@ -147,3 +147,82 @@ fn devices_reports_what_each_device_computes() {
     let (ok, table, _) = kto(&["devices", "--devices", "ndarray"]);
     assert!(ok && table.contains("| ndarray |") && table.contains("no (burn: no arithmetic)"), "{table}");
 }
+
+/// `kto` with Vulkan's driver manifests replaced by `icd` (a path, or `/nonexistent` for none)
+/// and wgpu's OpenGL fallback usable.
+#[cfg(feature = "vulkan")]
+fn kto_with_vulkan_icd(icd: &str, args: &[&str]) -> (bool, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_kto"))
+        .args(args)
+        .env("VK_ICD_FILENAMES", icd)
+        .env("XDG_RUNTIME_DIR", std::env::temp_dir())
+        .output()
+        .expect("kto runs");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// A build with `vulkan` on a machine without a Vulkan GPU: `--device vulkan` is refused by name
+/// before anything is read or written, `kto devices` lists the device as unavailable and still
+/// reports the others, and a GPU index that is not there is refused with the adapters found.
+/// With `KTO_TEST_LAVAPIPE` naming Mesa's lavapipe manifest (CI installs it), the software
+/// adapter is refused too, instead of crashing in its compute pipelines.
+#[cfg(feature = "vulkan")]
+#[test]
+fn vulkan_without_a_gpu_is_refused_by_name() {
+    let none = "error: device `vulkan`: no Vulkan GPU found (adapters: none); is a Vulkan driver installed?";
+    let (ok, _, stderr) = kto_with_vulkan_icd("/nonexistent", &["devices", "--devices", "vulkan"]);
+    assert!(!ok);
+    assert!(stderr.contains(none), "{stderr}");
+
+    let (ok, stdout, stderr) = kto_with_vulkan_icd("/nonexistent", &["devices", "--json"]);
+    assert!(ok, "{stderr}");
+    let report: serde_json::Value = serde_json::from_str(&stdout).expect("json");
+    let names: Vec<&str> =
+        report.as_array().expect("list").iter().map(|d| d["device"].as_str().expect("name")).collect();
+    assert_eq!(names, ["flex", "ndarray", "wgpu", "vulkan"]);
+    assert_eq!(report[3]["available"], false);
+    assert!(none.ends_with(report[3]["error"].as_str().expect("why")), "{stdout}");
+    // wgpu lands on Mesa's software OpenGL: an adapter with a name, computing f32.
+    assert_eq!(report[2]["available"], true, "{stdout}");
+    assert!(report[2]["adapter"]["name"].as_str().is_some_and(|n| !n.is_empty()), "{stdout}");
+    assert_eq!(report[2]["dtypes"]["f32"]["computes"], true, "{stdout}");
+
+    let out = tempfile::tempdir().expect("tempdir");
+    let run = out.path().join("run");
+    let data = fixture("datasets/kto_standard.jsonl");
+    let model = fixture("models/tiny-qwen2");
+    let (ok, _, stderr) = kto_with_vulkan_icd(
+        "/nonexistent",
+        &[
+            "train",
+            "--model",
+            model.to_str().expect("utf-8"),
+            "--dataset",
+            data.to_str().expect("utf-8"),
+            "--device",
+            "vulkan",
+            "--output-dir",
+            run.to_str().expect("utf-8"),
+        ],
+    );
+    assert!(!ok);
+    assert!(stderr.contains(none), "{stderr}");
+    assert!(!run.exists(), "nothing is written for a refused device");
+
+    let (ok, _, stderr) = kto_with_vulkan_icd("/nonexistent", &["devices", "--devices", "wgpu:7"]);
+    assert!(!ok);
+    assert!(stderr.contains("error: device `wgpu:7`: no such adapter; adapters found: "), "{stderr}");
+
+    if let Ok(lavapipe) = std::env::var("KTO_TEST_LAVAPIPE") {
+        let (ok, _, stderr) = kto_with_vulkan_icd(&lavapipe, &["devices", "--devices", "vulkan"]);
+        assert!(!ok);
+        assert!(
+            stderr.contains("error: device `vulkan`: the only Vulkan adapter is a software one (Mesa's lavapipe)"),
+            "{stderr}"
+        );
+    }
+}

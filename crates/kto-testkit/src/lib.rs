@@ -53,15 +53,20 @@ pub fn cpu_devices() -> Vec<(&'static str, Device)> {
 /// Set to `1` to add wgpu's default adapter to [`parity_devices`].
 pub const WGPU_ENV: &str = "KTO_TEST_WGPU";
 
+/// Set to `1` to add the default Vulkan adapter (SPIR-V kernels) to [`parity_devices`]: on a
+/// machine with a Vulkan GPU driver. Mesa's lavapipe crashes in burn's compute pipelines, so
+/// CI, which has no GPU, leaves it unset.
+pub const VULKAN_ENV: &str = "KTO_TEST_VULKAN";
+
 /// The devices of the model and log-prob parity tests: [`cpu_devices`], plus wgpu's default
-/// adapter when `KTO_TEST_WGPU=1`. Opt-in because an adapter needs a GPU driver or Mesa; CI
+/// adapter when `KTO_TEST_WGPU=1` and Vulkan's when `KTO_TEST_VULKAN=1`. Opt-in because an adapter needs a GPU driver or Mesa; CI
 /// installs Mesa and sets it. On a machine without a GPU, also set
 /// `VK_ICD_FILENAMES=/nonexistent XDG_RUNTIME_DIR=/tmp` so wgpu skips Vulkan (lavapipe crashes in
 /// burn's compute pipelines) and lands on Mesa's software OpenGL.
 ///
 /// # Panics
-/// When `KTO_TEST_WGPU=1` but this crate was built without its (default) `wgpu` feature: the
-/// request is never silently dropped.
+/// When `KTO_TEST_WGPU=1` or `KTO_TEST_VULKAN=1` but this crate was built without its
+/// (default) `wgpu` or `vulkan` feature: the request is never silently dropped.
 pub fn parity_devices() -> Vec<(&'static str, Device)> {
     #[allow(unused_mut)]
     let mut devices = cpu_devices();
@@ -70,6 +75,12 @@ pub fn parity_devices() -> Vec<(&'static str, Device)> {
         devices.push(("wgpu", Device::wgpu(burn::tensor::DeviceKind::DefaultDevice)));
         #[cfg(not(feature = "wgpu"))]
         panic!("{WGPU_ENV}=1 but kto-testkit was built without its wgpu feature");
+    }
+    if std::env::var(VULKAN_ENV).is_ok_and(|v| v == "1") {
+        #[cfg(feature = "vulkan")]
+        devices.push(("vulkan", Device::vulkan(burn::tensor::DeviceKind::DefaultDevice)));
+        #[cfg(not(feature = "vulkan"))]
+        panic!("{VULKAN_ENV}=1 but kto-testkit was built without its vulkan feature");
     }
     devices
 }

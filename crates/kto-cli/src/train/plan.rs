@@ -264,8 +264,8 @@ fn run_plan(c: &TrainConfig, loss: KtoLossConfig) -> Result<RunPlan> {
         ));
     }
     let devices = match c.devices.0.as_slice() {
-        [] => vec![c.device.device()],
-        list => list.iter().map(|spec| spec.device()).collect(),
+        [] => vec![c.device.device()?],
+        list => list.iter().map(|spec| spec.device()).collect::<Result<_>>()?,
     };
     Ok(RunPlan {
         loss,
