@@ -10,12 +10,12 @@
 #                             [--steps N] [--require-python] [--setup BUNDLE]
 #
 # On the GPU machine, after scripts/gpu-bundle.sh on a build machine:
-#   bash scripts/gpu-check.sh --setup .gpu --bin .gpu/kto --out "$OUT" --require-python
+#   bash scripts/gpu-check.sh --setup .gpu --bin .gpu/kto.xz --out "$OUT" --require-python
 #
 # --cpu: the same steps on the CPU at small sizes (kto on flex, torch on the CPU, a fixture model),
 #        so the script is known to work before it meets a GPU; CI runs it.
 # --bin: the kto binary (default target/release/kto; a GPU run needs one built with
-#        `--features vulkan`, see scripts/gpu-bundle.sh).
+#        `--features vulkan`, see scripts/gpu-bundle.sh); a `.xz` one is decompressed first.
 # --device: kto's device (default vulkan, or flex with --cpu).
 # --setup: first unpack BUNDLE/gl/*.deb (the Vulkan and EGL loaders) and install BUNDLE/whl/*.whl
 #        into a private site folder put first on PYTHONPATH.
@@ -48,11 +48,19 @@ else
   kdev="${kdev:-vulkan}" tdev=cuda gpu=0 steps="${steps:-20}" warmup=2 batch=8 prompt=128 completion=384 matmul=8192
   train_model="" logps_models="tiny-qwen2 tiny-llama 0.5b"
 fi
-[ -x "$bin" ] || { echo "gpu-check.sh: no kto binary at $bin (--bin)" >&2; exit 2; }
+[ -f "$bin" ] || { echo "gpu-check.sh: no kto binary at $bin (--bin)" >&2; exit 2; }
 mkdir -p "$out"
 out=$(cd "$out" && pwd)
-bin=$(cd "$(dirname "$bin")" && pwd)/$(basename "$bin")
 work=$(mktemp -d "${TMPDIR:-/tmp}/kto-gpu-check.XXXXXX")
+case "$bin" in
+  *.xz)
+    "$python" -c 'import lzma, shutil, sys; shutil.copyfileobj(lzma.open(sys.argv[1]), open(sys.argv[2], "wb"))' \
+      "$bin" "$work/kto" || { echo "gpu-check.sh: cannot decompress $bin" >&2; exit 2; }
+    chmod +x "$work/kto"
+    bin="$work/kto" ;;
+  *) bin=$(cd "$(dirname "$bin")" && pwd)/$(basename "$bin") ;;
+esac
+[ -x "$bin" ] || { echo "gpu-check.sh: $bin is not executable" >&2; exit 2; }
 log="$out/gpu-check.log"
 : >"$log"
 steps_dir="$work/steps"
