@@ -1,11 +1,13 @@
 #!/usr/bin/env bash
 # Side by side on this machine, in one run: TRL's KTOTrainer and `kto train` on the same random
-# 40M-parameter Qwen2-like model (benches/qwen2-40m-config.json) and the same pre-tokenized rows
+# model (40m: the 40M-parameter Qwen2-like benches/qwen2-40m-config.json; 0.5b: Qwen2.5-0.5B's
+# shape, benches/qwen2-0.5b-config.json, 494M parameters, vocabulary 151,936) and the same pre-tokenized rows
 # (batch 4, prompt 64 + completion 128, KL pairs, separate reference, AdamW, fp32, no gradient
 # checkpointing). Prints tokens/s and peak RSS of each, the ratios, and kto's GFLOP/s against
-# torch's measured fp32 sgemm peak.
+# the measured fp32 sgemm peaks of torch and of burn (flex, `kto devices --matmul 2048`), and the
+# instruction set the CPU offers (AVX-512 or AVX2).
 #
-#   PYTHON=/path/to/venv/bin/python bash scripts/bench-vs-trl.sh [STEPS] [THREADS]
+#   PYTHON=/path/to/venv/bin/python bash scripts/bench-vs-trl.sh [STEPS] [THREADS] [40m|0.5b]
 #
 # PYTHON must have torch, transformers, datasets and trl (1.16); nothing is downloaded.
 set -euo pipefail
@@ -13,22 +15,20 @@ cd "$(dirname "$0")/.."
 python="${PYTHON:?set PYTHON to a Python with torch, transformers, datasets and trl}"
 steps="${1:-8}"
 threads="${2:-2}"
+size="${3:-40m}"
+case "$size" in
+  40m) vocab=32000 ;;
+  0.5b) vocab=151936 ;;
+  *) echo "unknown size $size (40m or 0.5b)" >&2; exit 2 ;;
+esac
 warmup=1
-work="${TMPDIR:-/tmp}/kto-bench-vs-trl"
+work="${TMPDIR:-/tmp}/kto-bench-vs-trl-$size"
 rm -rf "$work" && mkdir -p "$work"
 
-cargo run --release --example bench_model -- "$work/model" 2>/dev/null
+cargo run --release --example bench_model -- "$work/model" "$size" 2>/dev/null
 cargo build --release -p kto-cli 2>/dev/null
 # Random token ids, exact lengths; 3 of 4 rows desirable.
-"$python" - "$work/data.jsonl" $(( (steps + warmup) * 4 )) <<'PY'
-import json, random, sys
-rng = random.Random(0)
-with open(sys.argv[1], "w") as f:
-    for i in range(int(sys.argv[2])):
-        f.write(json.dumps({"prompt_ids": [rng.randrange(1, 32000) for _ in range(64)],
-                            "completion_ids": [rng.randrange(1, 32000) for _ in range(128)],
-                            "label": i % 4 != 3}) + "\n")
-PY
+"$python" scripts/gpu_check.py rows "$work/data.jsonl" $(( (steps + warmup) * 4 )) 64 128 "$vocab" >/dev/null
 
 trl_json=$(OMP_NUM_THREADS="$threads" "$python" scripts/bench_trl_side.py "$work/model" "$work/data.jsonl" "$steps" "$warmup" "$threads" 2>/dev/null | tail -1)
 kto_rss_kib=$(RAYON_NUM_THREADS="$threads" /usr/bin/time -f "%M" target/release/kto train --model "$work/model" \
@@ -36,17 +36,22 @@ kto_rss_kib=$(RAYON_NUM_THREADS="$threads" /usr/bin/time -f "%M" target/release/
     --max-steps $(( steps + warmup )) --max-length 0 --learning-rate 1e-5 --gradient-checkpointing false \
     --save-steps 0 --logging-steps 1 2>&1 >/dev/null | tail -1)
 
-"$python" - "$trl_json" "$kto_rss_kib" "$work/kto/run_summary.json" "$warmup" <<'PY'
+burn_sgemm=$(RAYON_NUM_THREADS="$threads" target/release/kto devices --devices flex --matmul 2048 --json)
+isa=AVX2
+grep -q avx512f /proc/cpuinfo && isa=AVX-512
+"$python" - "$trl_json" "$kto_rss_kib" "$work/kto/run_summary.json" "$warmup" "$burn_sgemm" "$isa" "$size" <<'PY'
 import json, statistics, sys
 trl = json.loads(sys.argv[1])
 kto_rss_mib = int(sys.argv[2]) / 1024
 summary = json.load(open(sys.argv[3]))
 warmup = int(sys.argv[4])
+burn_sgemm = json.loads(sys.argv[5])[0]["dtypes"]["f32"]["matmul_gflops"]
+params = {"40m": 39_993_856, "0.5b": 494_032_768}[sys.argv[7]]
 step_s = statistics.median(summary["step_seconds"][warmup:])
 tokens = 4 * (64 + 128)
 kto_tps = tokens / step_s
 # 12 N T: one forward + backward with grad (6 N T) and three no-graph forwards (2 N T each).
-flop = 12 * 39_993_856 * tokens
+flop = 12 * params * tokens
 print(json.dumps({
     "trl": {"tokens_per_s": round(trl["tokens_per_s"], 1), "seconds_per_step": round(trl["seconds_per_step"], 3),
             "peak_rss_mib": round(trl["peak_rss_mib"], 1)},
@@ -54,8 +59,10 @@ print(json.dumps({
             "gflops": round(flop / step_s / 1e9, 1)},
     "ratios": {"tokens_per_s_kto_over_trl": round(kto_tps / trl["tokens_per_s"], 3),
                "peak_rss_kto_over_trl": round(kto_rss_mib / trl["peak_rss_mib"], 3)},
-    "sgemm_peak_gflops": round(trl["sgemm_peak_gflops"], 1),
-    "kto_fraction_of_peak": round(flop / step_s / 1e9 / trl["sgemm_peak_gflops"], 3),
+    "size": sys.argv[7], "parameters": params, "instruction_set": sys.argv[6],
+    "sgemm_peak_gflops": {"torch": round(trl["sgemm_peak_gflops"], 1), "burn_flex": round(burn_sgemm, 1)},
+    "kto_fraction_of_peak": {"torch": round(flop / step_s / 1e9 / trl["sgemm_peak_gflops"], 3),
+                             "burn_flex": round(flop / step_s / 1e9 / burn_sgemm, 3)},
     "versions": trl["versions"],
 }, indent=1))
 PY
