@@ -26,15 +26,7 @@ rm -rf "$work" && mkdir -p "$work"
 cargo build --release -p kto-cli -p kto --example bench_model 2>/dev/null  # the bench model
 cargo build --release -p kto-cli 2>/dev/null                             # the kto binary
 target/release/examples/bench_model "$work/model" "$size" 2>/dev/null
-python3 - "$work/data.jsonl" $(( steps * 4 )) "$vocab" <<'PY'
-import json, random, sys
-rng = random.Random(0)
-with open(sys.argv[1], "w") as f:
-    for i in range(int(sys.argv[2])):
-        f.write(json.dumps({"prompt_ids": [rng.randrange(1, int(sys.argv[3])) for _ in range(64)],
-                            "completion_ids": [rng.randrange(1, int(sys.argv[3])) for _ in range(128)],
-                            "label": i % 4 != 3}) + "\n")
-PY
+python3 scripts/gpu_check.py rows "$work/data.jsonl" $(( steps * 4 )) 64 128 "$vocab" >/dev/null
 common=(train --model "$work/model" --ref-model "$work/model" --dataset "$work/data.jsonl" --device flex
         --optim adamw_torch --learning-rate 5e-7 --per-device-train-batch-size 4 --max-steps "$steps"
         --max-length 0 --logging-steps 1 --save-steps 0)
