@@ -293,6 +293,47 @@ impl Update<'_> {
     }
 }
 
+impl Update<'_> {
+    /// `update_chunk` over `chunks` slices of a large flattened parameter (the f32
+    /// temporaries of a 152k-token embedding stay a chunk's size). Each updated slice is written
+    /// back into the weights and moments it came from: in place where they are uniquely held,
+    /// so the step never holds a second full copy of the parameter or its moments.
+    fn update_in_chunks(
+        &mut self,
+        key: &str,
+        dtype: FloatDType,
+        mut p: Tensor<1>,
+        g: Tensor<1>,
+        moments: Option<Option<(Tensor<1>, Tensor<1>)>>,
+        chunks: usize,
+    ) -> Tensor<1> {
+        let n = p.dims()[0];
+        // The first AdamW step starts from zero moments, as `update_chunk` does without them.
+        let mut moments = moments.map(|m| {
+            m.unwrap_or_else(|| {
+                let m = g.zeros_like().cast(self.optimizer.storage.moments);
+                let v = m.zeros_like();
+                (m, v)
+            })
+        });
+        for chunk in 0..chunks {
+            let range = chunk * UPDATE_CHUNK..n.min((chunk + 1) * UPDATE_CHUNK);
+            let slices =
+                moments.as_ref().map(|(m, v)| (m.clone().slice(range.clone()), v.clone().slice(range.clone())));
+            let (p_chunk, g_chunk) = (p.clone().slice(range.clone()), g.clone().slice(range.clone()));
+            let (out, new_moments) = self.update_chunk(key, chunk, dtype, p_chunk, g_chunk, slices.map(Some));
+            p = p.slice_assign(range.clone(), out);
+            if let (Some((m, v)), Some((new_m, new_v))) = (moments.take(), new_moments) {
+                moments = Some((m.slice_assign(range.clone(), new_m), v.slice_assign(range, new_v)));
+            }
+        }
+        if let Some(moments) = moments {
+            self.optimizer.moments.insert(key.to_string(), moments);
+        }
+        p
+    }
+}
+
 impl ModuleMapper for Update<'_> {
     fn enter_module(&mut self, name: &str, _container_type: &str) {
         self.path.push(name.to_string());
@@ -320,27 +361,18 @@ impl ModuleMapper for Update<'_> {
             OptimizerKind::AdamW { .. } => Some(self.optimizer.moments.remove(&key)),
             OptimizerKind::Sgd { .. } => None,
         };
-        // The arithmetic runs in f32 on flattened chunks, whatever the parameter's dtype, so
-        // the f32 temporaries of a large tensor (a 152k-token embedding) stay a chunk's size.
         let chunks = n.div_ceil(UPDATE_CHUNK).max(1);
-        let mut parts = Vec::with_capacity(chunks);
-        let mut moment_parts = Vec::with_capacity(chunks);
-        for chunk in 0..chunks {
-            let range = chunk * UPDATE_CHUNK..n.min((chunk + 1) * UPDATE_CHUNK);
-            let slice = |t: &Tensor<1>| if chunks == 1 { t.clone() } else { t.clone().slice(range.clone()) };
-            let chunk_moments = moments.as_ref().map(|m| m.as_ref().map(|(m, v)| (slice(m), slice(v))));
-            let (out, new_moments) = self.update_chunk(&key, chunk, dtype, slice(&p), slice(&g), chunk_moments);
-            parts.push(out);
-            moment_parts.extend(new_moments);
-        }
-        let join = |parts: Vec<Tensor<1>>| {
-            if parts.len() == 1 { parts.into_iter().next().expect("one") } else { Tensor::cat(parts, 0) }
+        let updated = if chunks == 1 {
+            // Owned, not cloned: the old weights and moments are unique, so their arithmetic
+            // runs in place and they are freed as the new values are made.
+            let (out, new_moments) = self.update_chunk(&key, 0, dtype, p, g, moments);
+            if let Some(new_moments) = new_moments {
+                self.optimizer.moments.insert(key, new_moments);
+            }
+            out
+        } else {
+            self.update_in_chunks(&key, dtype, p, g, moments, chunks)
         };
-        if !moment_parts.is_empty() {
-            let (m, v): (Vec<_>, Vec<_>) = moment_parts.into_iter().unzip();
-            self.optimizer.moments.insert(key, (join(m), join(v)));
-        }
-        let updated = join(parts);
         let mut updated = Tensor::from_inner(updated.reshape(dims));
         if let Some(strategy) = checkpointing {
             updated = updated.with_gradient_checkpointing_strategy(strategy);
@@ -712,6 +744,51 @@ mod tests {
         let got = values(lm.embed_tokens.weight.val().inner().reshape([n]));
         let (p, g) = (values(start), values(grad));
         assert!(got.iter().zip(p.iter().zip(&g)).all(|(x, (p, g))| *x == p - g * 0.5), "an element differs");
+    }
+
+    #[test]
+    fn adamw_in_chunks_equals_adamw_on_the_same_values_unchunked() {
+        // A two-chunk parameter (2^24 + 8 values, its moments written back slice by slice)
+        // against the same values held as a one-chunk parameter (2^24) and an 8-value bias.
+        // AdamW with no weight decay is elementwise, so two steps must agree bit for bit,
+        // the second reading the moments the first wrote back.
+        let device = Device::flex().autodiff();
+        let inner = device.clone().without_autodiff();
+        let (rows, wide) = (8, 2_097_153);
+        let n = rows * wide;
+        let start = Tensor::<1>::random([n], burn::tensor::Distribution::Normal(0.0, 1.0), &inner);
+        let grad = Tensor::<1>::random([n], burn::tensor::Distribution::Normal(0.0, 1.0), &inner);
+        let param =
+            |t: Tensor<1>, shape: [usize; 2]| Param::from_tensor(Tensor::from_inner(t.reshape(shape)).require_grad());
+        let adamw = OptimizerKind::AdamW { beta1: 0.9, beta2: 0.999, eps: 1e-8, weight_decay: 0.0 };
+
+        let mut chunked = crate::test_lm::TinyLm::new(8, 4, &device);
+        chunked.embed_tokens.weight = param(start.clone(), [rows, wide]);
+        let mut split = crate::test_lm::TinyLm::new(8, 4, &device);
+        split.embed_tokens.weight = param(start.clone().slice(0..n - 8), [rows, wide - 1]);
+        split.lm_head.bias = Some(Param::from_tensor(Tensor::from_inner(start.clone().slice(n - 8..n)).require_grad()));
+
+        let mut chunked_opt = Optimizer::new(adamw, OptimizerStorage::default());
+        let mut split_opt = Optimizer::new(adamw, OptimizerStorage::default());
+        for scale in [1.0, -0.5] {
+            let g = grad.clone() * scale;
+            let mut grads = GradientsParams::new();
+            grads.register(chunked.embed_tokens.weight.id, g.clone().reshape([rows, wide]));
+            chunked = chunked_opt.step(chunked, &mut grads, 1e-3, 1.0);
+            let mut grads = GradientsParams::new();
+            grads.register(split.embed_tokens.weight.id, g.clone().slice(0..n - 8).reshape([rows, wide - 1]));
+            let bias = split.lm_head.bias.as_ref().expect("bias").id;
+            grads.register(bias, g.slice(n - 8..n));
+            split = split_opt.step(split, &mut grads, 1e-3, 1.0);
+        }
+        let mut want = values(split.embed_tokens.weight.val().inner().reshape([n - 8]));
+        want.extend(values(split.lm_head.bias.as_ref().expect("bias").val().inner()));
+        let got = values(chunked.embed_tokens.weight.val().inner().reshape([n]));
+        assert_eq!(got.len(), want.len());
+        let differing = got.iter().zip(&want).filter(|(a, b)| a.to_bits() != b.to_bits()).count();
+        assert_eq!(differing, 0, "elements differing between the chunked and the unchunked update");
+        let moved = got.iter().zip(values(start)).filter(|(a, b)| **a != *b).count();
+        assert!(moved > n / 2, "AdamW moved only {moved} of {n} values");
     }
 
     #[test]
