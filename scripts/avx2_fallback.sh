@@ -17,7 +17,9 @@
 # SKIP_BUILD=1 uses the release binaries already built (while another cargo build holds the
 # target dir).
 #
-# Needs qemu-user (apt-get install qemu-user); nothing is downloaded.
+# Needs qemu-user (apt-get install qemu-user); nothing is downloaded. Emulation is slow: on a
+# 2-vCPU machine the Haswell run of the 40M log-probs took over 28 minutes without finishing
+# (and without an illegal-instruction fault, so the AVX2 path was the one taken).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bin="${1:-target/release/kto}"
