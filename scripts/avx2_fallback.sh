@@ -17,9 +17,10 @@
 # SKIP_BUILD=1 uses the release binaries already built (while another cargo build holds the
 # target dir).
 #
-# Needs qemu-user (apt-get install qemu-user); nothing is downloaded. Emulation is slow: on a
-# 2-vCPU machine the Haswell run of the 40M log-probs took over 28 minutes without finishing
-# (and without an illegal-instruction fault, so the AVX2 path was the one taken).
+# Needs qemu-user (apt-get install qemu-user); nothing is downloaded. Emulation is slow (the
+# bench batch of 4 rows of 64 + 128 tokens ran 28 minutes under qemu without finishing), so the
+# rows are short by default: ROWS=1 PROMPT=16 COMPLETION=32, still 48-row gemms against the 40M
+# model's 512-1408-32000-wide weights, which go through the micro-kernels.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bin="${1:-target/release/kto}"
@@ -28,8 +29,9 @@ work="${TMPDIR:-/tmp}/kto-avx2-fallback"
 rm -rf "$work" && mkdir -p "$work"
 [ -n "${SKIP_BUILD:-}" ] || cargo build --release -p kto --example bench_model 2>/dev/null
 target/release/examples/bench_model "$work/model" 40m 2>/dev/null
-python3 scripts/gpu_check.py rows "$work/data.jsonl" 4 64 128 32000 >/dev/null
-logps=(logps --model "$work/model" --dataset "$work/data.jsonl" --device flex --per-device-train-batch-size 4
+rows="${ROWS:-1}"
+python3 scripts/gpu_check.py rows "$work/data.jsonl" "$rows" "${PROMPT:-16}" "${COMPLETION:-32}" 32000 >/dev/null
+logps=(logps --model "$work/model" --dataset "$work/data.jsonl" --device flex --per-device-train-batch-size "$rows"
        --max-length 0)
 run() { # name, runner..., binary
   local name=$1; shift
@@ -40,10 +42,26 @@ native=$(run native "$bin")
 haswell=$(run haswell qemu-x86_64 -cpu Haswell "$bin")
 echo "native       $native"
 echo "haswell      $haswell"
+python3 - "$work/native.jsonl" "$work/haswell.jsonl" <<'PY'
+import json, sys
+rows = [[json.loads(l) for l in open(p)] for p in sys.argv[1:]]
+worst = 0.0
+for a, b in zip(*rows):
+    for key, x in a.items():
+        if isinstance(x, float):
+            worst = max(worst, abs(x - b[key]) / max(abs(x), 1e-12))
+print(f"rows {len(rows[0])}, largest relative difference native vs haswell {worst:.2e}")
+PY
 if [ -n "$other" ]; then
   ref=$(run haswell-ref qemu-x86_64 -cpu Haswell "$other")
   echo "haswell-ref  $ref"
   [ "$haswell" = "$ref" ] || { echo "the AVX2 fallback differs from the binary without x86-v4" >&2; exit 1; }
 fi
-grep -q avx512f /proc/cpuinfo && [ "$native" = "$haswell" ] && echo "note: native and Haswell agree (no AVX-512 path taken?)"
+# Equal outputs are expected: both kernel sets sum each output over k in the same order (they
+# differ in how many outputs one instruction holds). Which set ran natively is for perf to say.
+if grep -q avx512f /proc/cpuinfo && command -v perf >/dev/null; then
+  perf record -q -o "$work/perf.data" -- "$bin" "${logps[@]}" --out "$work/perf.jsonl" >/dev/null 2>&1 || true
+  echo "gemm micro-kernels natively:"
+  perf report -i "$work/perf.data" --stdio --sort symbol 2>/dev/null | grep -o "gemm_f32::microkernel::[a-z0-9_]*" | sort -u
+fi
 exit 0

@@ -32,7 +32,10 @@ esac
 steps=2
 work="${TMPDIR:-/tmp}/kto-memory-account-$size"
 rm -rf "$work" && mkdir -p "$work"
-[ -n "${SKIP_BUILD:-}" ] || cargo build --release -p kto-cli -p kto --example bench_model 2>/dev/null
+if [ -z "${SKIP_BUILD:-}" ]; then  # `--example` limits a build to examples: the binary is its own build
+  cargo build --release -p kto-cli 2>/dev/null
+  cargo build --release -p kto --example bench_model 2>/dev/null
+fi
 kto="${KTO_BIN:-target/release/kto}"
 target/release/examples/bench_model "$work/model" "$size" 2>/dev/null
 python3 scripts/gpu_check.py rows "$work/data.jsonl" $(( steps * 4 )) 64 128 "$vocab" >/dev/null

@@ -23,7 +23,7 @@ case "$size" in
 esac
 work="${TMPDIR:-/tmp}/kto-precision-memory-$size"
 rm -rf "$work" && mkdir -p "$work"
-cargo build --release -p kto-cli -p kto --example bench_model 2>/dev/null  # the bench model
+cargo build --release -p kto --example bench_model 2>/dev/null            # the bench model
 cargo build --release -p kto-cli 2>/dev/null                             # the kto binary
 target/release/examples/bench_model "$work/model" "$size" 2>/dev/null
 python3 scripts/gpu_check.py rows "$work/data.jsonl" $(( steps * 4 )) 64 128 "$vocab" >/dev/null

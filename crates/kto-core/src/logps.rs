@@ -182,13 +182,17 @@ pub fn logps_from_hidden<M: CausalLm + ?Sized>(
             let ignored = scored.bool_not(); // [batch, positions]
 
             let max = logits.clone().detach().max_dim(2); // [batch, positions, 1]
-            let lse = (logits.clone() - max.clone()).exp().sum_dim(2).log() + max; // [batch, positions, 1]
             let picked = logits.clone().gather(2, targets.unsqueeze_dim::<3>(2)); // [batch, positions, 1]
+            // The statistics need the logits again; without them `logits` is held once here, so
+            // the shift and exp below run in place instead of beside a second logits-sized buffer.
+            let kept = config.token_stats.then(|| logits.clone().detach());
+            let lse = (logits - max.clone()).exp().sum_dim(2).log() + max; // [batch, positions, 1]
             let per_token = (picked - lse.clone()).reshape([batch, positions]).mask_fill(ignored.clone(), 0.0);
             logps = logps + per_token.sum_dim(1).reshape([batch]);
 
-            if let (Some(entropy), Some(mean_logit)) = (entropy_sum.as_mut(), mean_logit_sum.as_mut()) {
-                let logits = logits.detach();
+            if let (Some(entropy), Some(mean_logit), Some(logits)) =
+                (entropy_sum.as_mut(), mean_logit_sum.as_mut(), kept)
+            {
                 let lse = lse.detach();
                 let probs = (logits.clone() - lse.clone()).exp();
                 // -Σ p (x - lse) = lse - Σ p x

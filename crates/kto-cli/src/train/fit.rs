@@ -44,8 +44,14 @@ pub struct Fitted {
     pub step_seconds: Vec<f64>,
 }
 
-/// Builds the trainer and trains to the last step.
-pub fn fit(inputs: &Inputs<'_>, reference: Reference<TransformerLm>, restored: Option<Restored>) -> Result<Fitted> {
+/// Builds the trainer around `policy` (moved in: the trainer holds the only copy) and trains to
+/// the last step.
+pub fn fit(
+    inputs: &Inputs<'_>,
+    policy: TransformerLm,
+    reference: Reference<TransformerLm>,
+    restored: Option<Restored>,
+) -> Result<Fitted> {
     let (run, data, models) = (inputs.plan, inputs.data, inputs.models);
     let device = run.devices[0].clone();
     let n_devices = run.devices.len() as u64;
@@ -54,7 +60,7 @@ pub fn fit(inputs: &Inputs<'_>, reference: Reference<TransformerLm>, restored: O
     let steps_per_epoch = FitConfig::steps_per_epoch(per_epoch, ga, n_devices);
     let micro_steps_per_epoch = FitConfig::micro_steps_per_epoch(per_epoch, n_devices);
     let total_steps = FitConfig::total_steps(run.max_steps, run.num_train_epochs, steps_per_epoch);
-    let mut trainer = trainer(run, models, reference, total_steps)?;
+    let mut trainer = trainer(run, models, policy, reference, total_steps)?;
     let (start, history) = match restored {
         Some(r) => resume::apply(&mut trainer, r)?,
         None => (Position::default(), Vec::new()),
@@ -124,6 +130,7 @@ pub fn fit(inputs: &Inputs<'_>, reference: Reference<TransformerLm>, restored: O
 fn trainer(
     run: &RunPlan,
     models: &Models,
+    policy: TransformerLm,
     reference: Reference<TransformerLm>,
     total_steps: u64,
 ) -> Result<Trainer<TransformerLm>> {
@@ -145,6 +152,6 @@ fn trainer(
     };
     let checkpointing = models.gradient_checkpointing;
     let replicas: Vec<_> = run.devices[1..].iter().map(|d| models::autodiff(d, checkpointing)).collect();
-    let trainer = Trainer::new(trainer_config, models.policy.clone(), reference)?;
+    let trainer = Trainer::new(trainer_config, policy, reference)?;
     Ok(if run.ddp { trainer.with_ddp(&replicas) } else { trainer.with_devices(&replicas) })
 }

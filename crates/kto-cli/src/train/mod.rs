@@ -139,7 +139,7 @@ fn run(c: &TrainConfig) -> Result<()> {
     let spec = run.resume_from_checkpoint.as_deref();
     let restored = resume::open(spec, &run.output_dir, (run.optimizer, run.storage), &device, n_devices, &identity)?;
 
-    let models = models::load(&plan.models, &data.folder, &device, restored.as_ref())?;
+    let (models, policy) = models::load(&plan.models, &data.folder, &device, restored.as_ref())?;
     std::fs::create_dir_all(&run.output_dir).with_context(|| format!("creating {}", run.output_dir.display()))?;
     let collate = CollateConfig {
         pad_id: data.pad_id,
@@ -155,7 +155,7 @@ fn run(c: &TrainConfig) -> Result<()> {
         dataset: &plan.data.dataset,
         resumed_reference: restored.as_ref().is_some_and(|r| r.state.reference_saved),
     };
-    let reference = reference::prepare(&plan.reference, &plan.models, &mut data, &models, &setting)?;
+    let reference = reference::prepare(&plan.reference, &plan.models, &mut data, (&models, &policy), &setting)?;
 
     let resolved = serde_json::to_value(c)?;
     let lora = models.lora.as_ref().map(|config| (config, plan.models.model.as_str()));
@@ -171,7 +171,7 @@ fn run(c: &TrainConfig) -> Result<()> {
         identity: &identity,
         resolved: &resolved,
     };
-    let fitted = fit::fit(&inputs, reference, restored)?;
+    let fitted = fit::fit(&inputs, policy, reference, restored)?;
 
     // The model, the summary and the plots.
     // `auto` is the dtype of the model the run started from: a resumed policy is loaded from a

@@ -11,10 +11,12 @@ use super::checkpoint::Restored;
 use super::plan::ModelPlan;
 use crate::data_args::model_folder;
 
-/// The loaded policy and what the later stages need to know about it.
+/// What the later stages need to know about the loaded policy. The policy itself is returned
+/// beside it ([`load`]) so that the trainer can own the only copy: a second handle on its
+/// weights would keep the loaded tensors alive after the first update (a full extra copy of the
+/// weights for the whole run) and stop that update from writing in place.
 pub struct Models {
     pub model_config: DecoderConfig,
-    pub policy: TransformerLm,
     /// The adapters' settings under LoRA (as loaded from an adapter or checkpoint, else planned).
     pub lora: Option<LoraConfig>,
     /// The folder the reference model is loaded from (when one is loaded).
@@ -31,7 +33,12 @@ pub fn autodiff(device: &Device, checkpointing: bool) -> Device {
 }
 
 /// Loads the policy from `folder` (the model) or the resumed checkpoint, with its adapters.
-pub fn load(plan: &ModelPlan, folder: &Path, device: &Device, resume: Option<&Restored>) -> Result<Models> {
+pub fn load(
+    plan: &ModelPlan,
+    folder: &Path,
+    device: &Device,
+    resume: Option<&Restored>,
+) -> Result<(Models, TransformerLm)> {
     let train_device = autodiff(device, plan.gradient_checkpointing);
     let load_options = LoadOptions { dtype: plan.dtype };
     // Under LoRA the policy is the base model plus adapters (checkpoints hold adapters only).
@@ -76,12 +83,7 @@ pub fn load(plan: &ModelPlan, folder: &Path, device: &Device, resume: Option<&Re
         (_, None) => folder.to_path_buf(),
         (_, Some(spec)) => model_folder(spec)?,
     };
-    Ok(Models {
-        model_config,
-        policy,
-        lora,
-        ref_folder,
-        train_device,
-        gradient_checkpointing: plan.gradient_checkpointing,
-    })
+    let models =
+        Models { model_config, lora, ref_folder, train_device, gradient_checkpointing: plan.gradient_checkpointing };
+    Ok((models, policy))
 }

@@ -36,7 +36,7 @@ pub fn prepare(
     plan: &ReferencePlan,
     model_plan: &ModelPlan,
     data: &mut Data,
-    models: &Models,
+    (models, policy): (&Models, &TransformerLm),
     setting: &Setting<'_>,
 ) -> Result<Reference<TransformerLm>> {
     if data.reference_columns {
@@ -57,7 +57,7 @@ pub fn prepare(
     }
     // LoRA's reference is the policy with its adapters off: the same base weights, no copy.
     let reference = if models.lora.is_some() && model_plan.ref_model.is_none() && !setting.resumed_reference {
-        models.policy.without_adapters().valid()
+        policy.without_adapters().valid()
     } else {
         let options = LoadOptions { dtype: model_plan.dtype };
         load_model(&models.ref_folder, setting.device, &options)

@@ -22,7 +22,7 @@ impl<M: CausalLm + Module + Clone + Send + Sync> Trainer<M> {
     /// # Errors
     /// As [`Self::train_step`] for batches that lack what the loss needs.
     pub fn evaluate(&self, batches: &[KtoBatch]) -> Result<EvalMetrics> {
-        let frozen = self.policy.clone().valid();
+        let frozen = self.policy().clone().valid();
         let mut metrics = MetricsAggregator::new();
         // transformers repeats each batch's loss `eval_batch_size` times and accelerate cuts the
         // last batch's copies to its real rows: `eval_loss` is the row-weighted mean.

@@ -144,7 +144,9 @@ pub struct StepReport {
 #[derive(Debug)]
 pub struct Trainer<M> {
     config: TrainerConfig,
-    policy: M,
+    /// Always `Some` between calls; taken out only while the optimizer maps it, so that the
+    /// update holds the only handle on each weight and writes it in place.
+    policy: Option<M>,
     /// The policy's (autodiff) device: data-parallel device 0.
     device: Device,
     reference: Reference<M>,
@@ -184,7 +186,7 @@ impl<M: CausalLm + Module + Clone + Send + Sync> Trainer<M> {
             .ok_or_else(|| Error::Settings { reason: "the policy has no parameters".into() })?;
         Ok(Self {
             config,
-            policy,
+            policy: Some(policy),
             device,
             reference,
             replicas: Vec::new(),
@@ -265,12 +267,12 @@ impl<M: CausalLm + Module + Clone + Send + Sync> Trainer<M> {
 
     /// The policy being trained.
     pub fn policy(&self) -> &M {
-        &self.policy
+        self.policy.as_ref().expect("the policy is only taken out during an update")
     }
 
     /// The trained policy.
     pub fn into_policy(self) -> M {
-        self.policy
+        self.policy.expect("the policy is only taken out during an update")
     }
 
     /// Optimizer steps taken.
@@ -297,7 +299,7 @@ impl<M: CausalLm + Module + Clone + Send + Sync> Trainer<M> {
     /// (matched by module path). Does nothing for a precomputed reference.
     pub fn sync_reference(&mut self, alpha: f64) {
         if let Reference::Model(reference) = &self.reference {
-            let policy = crate::optim::parameters_by_path(&self.policy.clone().valid());
+            let policy = crate::optim::parameters_by_path(&self.policy().clone().valid());
             let mixed = crate::optim::mix_parameters(reference.clone(), &policy, alpha);
             self.reference = Reference::Model(mixed);
             self.refresh_replicas();

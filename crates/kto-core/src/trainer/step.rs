@@ -63,8 +63,8 @@ impl<M: CausalLm + Module + Clone + Send + Sync> Trainer<M> {
         let policies: Vec<M> = (0..workers)
             .map(|k| {
                 let policy = match k {
-                    0 => self.policy.clone(),
-                    k => self.policy.clone().fork(&self.replicas[k - 1].device),
+                    0 => self.policy().clone(),
+                    k => self.policy().clone().fork(&self.replicas[k - 1].device),
                 };
                 // A fork does not carry the mark: set it on every step's copies.
                 if self.ddp.is_some() { mark_distributed(policy) } else { policy }
@@ -95,6 +95,9 @@ impl<M: CausalLm + Module + Clone + Send + Sync> Trainer<M> {
                     .collect()
             })
         };
+        // The workers' handles on the weights go before the update, which then holds the only
+        // one and writes each weight in place.
+        drop(policies);
         let outcomes = outcomes.into_iter().collect::<Result<Vec<_>>>()?;
         let step_loss = self.record_metrics(&outcomes, micro_steps.len());
         self.apply_update(step, step_loss, outcomes)
@@ -153,16 +156,17 @@ impl<M: CausalLm + Module + Clone + Send + Sync> Trainer<M> {
                         .map(|(k, o)| (o.grads, self.device_of(k).without_autodiff()))
                         .collect(),
                 };
-                gather_gradients(&self.policy, multi, &self.device_of(0).without_autodiff())
+                gather_gradients(self.policy(), multi, &self.device_of(0).without_autodiff())
             }
         };
-        let grad_norm = global_grad_norm(&self.policy, &grads);
+        let grad_norm = global_grad_norm(self.policy(), &grads);
         if !grad_norm.is_finite() {
             return Err(Error::NonFinite { step, what: format!("gradient norm {grad_norm}") });
         }
         let scale = clip_factor(grad_norm, self.config.max_grad_norm);
         let lr = self.config.schedule.lr(self.step);
-        self.policy = self.optimizer.step(self.policy.clone(), &mut grads, lr, scale);
+        let policy = self.policy.take().expect("the policy is only taken out during an update");
+        self.policy = Some(self.optimizer.step(policy, &mut grads, lr, scale));
         self.step = step;
         self.window_loss += step_loss;
         self.window_steps += 1;
@@ -195,7 +199,7 @@ mod tests {
             },
             ..policy
         };
-        trainer.policy = poisoned;
+        trainer.policy = Some(poisoned);
         let before = trainer.policy().lm_head.bias.as_ref().expect("bias").val().into_data();
         let err = trainer.train_step(&[batch(4, 1, &device)]).expect_err("NaN");
         assert!(matches!(err, Error::NonFinite { step: 2, .. }), "{err}");
