@@ -58,6 +58,11 @@ impl DeviceSpec {
         matches!(self, Self::Cuda(_))
     }
 
+    /// Whether this is one of the CPU backends.
+    pub fn is_cpu(self) -> bool {
+        matches!(self, Self::Flex | Self::Ndarray)
+    }
+
     /// The burn device.
     ///
     /// # Errors

@@ -7,7 +7,7 @@ use kto_core::CausalLm;
 use crate::config::{DecoderConfig, NormPlacement, NormScale, QkNorm};
 use crate::layers::{
     Attention, AttentionConfig, LayerCache, LoraConfig, Mlp, MlpConfig, Projection, RmsNorm, RmsNormConfig,
-    RotaryEmbedding, RotaryTables,
+    RotaryEmbedding, RotaryTables, linear_rows,
 };
 
 /// One decoder layer. With [`NormPlacement::Pre`]: `h = x + attn(input_layernorm(x))`,
@@ -333,10 +333,10 @@ impl TransformerLm {
                 None => self.model.embed_tokens.weight.val().transpose(), // tied: Eᵀ
             };
             let bias = self.lm_head.as_ref().and_then(|h| h.bias.as_ref()).map(|b| b.val().cast(dtype));
-            return burn::tensor::module::linear(hidden.cast(dtype), weight.cast(dtype), bias).cast(out);
+            return linear_rows(hidden.cast(dtype), weight.cast(dtype), bias).cast(out);
         }
         match &self.lm_head {
-            Some(head) => head.forward(hidden),
+            Some(head) => linear_rows(hidden, head.weight.val(), head.bias.as_ref().map(|b| b.val())),
             None => {
                 // Tied: logits = h Eᵀ with the embedding matrix `[vocab, d_model]`.
                 let [batch, seq, d] = hidden.dims();

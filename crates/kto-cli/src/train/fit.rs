@@ -152,6 +152,6 @@ fn trainer(
     };
     let checkpointing = models.gradient_checkpointing;
     let replicas: Vec<_> = run.devices[1..].iter().map(|d| models::autodiff(d, checkpointing)).collect();
-    let trainer = Trainer::new(trainer_config, policy, reference)?;
+    let trainer = Trainer::new(trainer_config, policy, reference)?.with_overlapped_reference(run.cpu);
     Ok(if run.ddp { trainer.with_ddp(&replicas) } else { trainer.with_devices(&replicas) })
 }

@@ -113,6 +113,8 @@ pub struct RunPlan {
     pub devices: Vec<Device>,
     /// What `--device`/`--devices` said, for the summary.
     pub device_names: String,
+    /// Every device is a CPU backend: the reference passes overlap the policy's.
+    pub cpu: bool,
     pub ddp: bool,
     pub generate_during_eval: bool,
     pub output_dir: PathBuf,
@@ -287,6 +289,7 @@ fn run_plan(c: &TrainConfig, loss: KtoLossConfig) -> Result<RunPlan> {
         save_total_limit: c.save_total_limit,
         pad_to_multiple_of: (c.pad_to_multiple_of > 0).then_some(c.pad_to_multiple_of),
         devices,
+        cpu: if c.devices.0.is_empty() { c.device.is_cpu() } else { c.devices.0.iter().all(|s| s.is_cpu()) },
         device_names: if c.devices.0.is_empty() { c.device.to_string() } else { c.devices.to_string() },
         ddp: c.ddp,
         generate_during_eval: c.generate_during_eval,

@@ -155,6 +155,8 @@ pub struct Trainer<M> {
     /// Set by [`Self::with_ddp`]: the collective all-reduce of burn's DDP (NCCL on CUDA).
     ddp: Option<std::sync::Arc<DistributedContext>>,
     optimizer: Optimizer,
+    /// Set by [`Self::with_overlapped_reference`].
+    overlap_reference: bool,
     step: u64,
     num_tokens: f64,
     metrics: MetricsAggregator,
@@ -192,6 +194,7 @@ impl<M: CausalLm + Module + Clone + Send + Sync> Trainer<M> {
             replicas: Vec::new(),
             ddp: None,
             optimizer,
+            overlap_reference: false,
             step: 0,
             num_tokens: 0.0,
             metrics: MetricsAggregator::new(),
@@ -229,6 +232,16 @@ impl<M: CausalLm + Module + Clone + Send + Sync> Trainer<M> {
         let context = DistributedContext::init(all, DistributedConfig { all_reduce_op: ReduceOperation::Sum });
         trainer.ddp = Some(std::sync::Arc::new(context));
         trainer
+    }
+
+    /// Runs each micro-batch's reference passes (a frozen model's no-graph forwards) on a thread
+    /// of their own while the policy's forward runs, instead of after it. For CPU devices, where
+    /// much of a pass is single-threaded elementwise work: the two passes then share the cores.
+    /// The values are the same either way; on a GPU, whose kernels already fill the device, it
+    /// only adds a second stream. Off by default.
+    pub fn with_overlapped_reference(mut self, overlap: bool) -> Self {
+        self.overlap_reference = overlap;
+        self
     }
 
     /// Data-parallel devices (1 without [`Self::with_devices`]).

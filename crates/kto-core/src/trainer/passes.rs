@@ -161,8 +161,21 @@ impl<M: CausalLm + Module + Clone + Send + Sync> Trainer<M> {
         // policy's KL log-probs come from the same forward as its graph, the reference's from
         // one pass over both.
         let kl_seqs = if window { None } else { self.kl_sequences(batch)? };
-        let (policy_out, policy_kl) = self.policy_pair(policy, &batch.matched, frozen, kl_seqs.as_ref());
-        let (reference_out, reference_kl) = self.reference_pair_on(reference, batch, kl_seqs.as_ref())?;
+        let ((policy_out, policy_kl), reference_pair) = if self.overlap_reference {
+            // The reference's no-graph passes on a thread of their own, beside the policy's: on a
+            // CPU most of a pass outside the gemms runs on one core, so two passes at once use
+            // both. Each computes exactly what it computes alone.
+            std::thread::scope(|scope| {
+                let reference = scope.spawn(|| self.reference_pair_on(reference, batch, kl_seqs.as_ref()));
+                let policy = self.policy_pair(policy, &batch.matched, frozen, kl_seqs.as_ref());
+                let reference = reference.join().unwrap_or_else(|payload| std::panic::resume_unwind(payload));
+                (policy, reference)
+            })
+        } else {
+            let policy = self.policy_pair(policy, &batch.matched, frozen, kl_seqs.as_ref());
+            (policy, self.reference_pair_on(reference, batch, kl_seqs.as_ref()))
+        };
+        let (reference_out, reference_kl) = reference_pair?;
         let kl = policy_kl.zip(reference_kl).map(|(p, r)| kl_estimate(p, r));
         Ok(Passes { policy: policy_out, reference: reference_out, kl })
     }

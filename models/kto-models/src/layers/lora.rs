@@ -82,15 +82,31 @@ impl Deref for Projection {
     }
 }
 
+/// `x W (+ bias)` over the rows of `x`, its batch and sequence axes folded into one. Left 3-D,
+/// burn broadcasts the weight over the batch (when the sequence fills its row tiles) and the
+/// backward forms the weight's gradient as one product per row, summed afterwards: `batch`
+/// weight-sized temporaries per projection (4 x 1.4 GB per backward at 0.5B parameters, all
+/// of them fresh pages). Folded, the gradient is one `[d_in, rows] @ [rows, d_out]` product.
+///
+/// # Shapes
+/// - `x`: `[batch, seq, d_in]`, `weight`: `[d_in, d_out]`, `bias`: `[d_out]`
+/// - returns: `[batch, seq, d_out]`
+pub(crate) fn linear_rows(x: Tensor<3>, weight: Tensor<2>, bias: Option<Tensor<1>>) -> Tensor<3> {
+    let [batch, seq, d_in] = x.dims();
+    let d_out = weight.dims()[1];
+    burn::tensor::module::linear(x.reshape([batch * seq, d_in]), weight, bias).reshape([batch, seq, d_out])
+}
+
 impl Projection {
     /// `x W (+ bias) + scale · (x A) B`.
     pub fn forward(&self, x: Tensor<3>) -> Tensor<3> {
         if let Some(dtype) = self.compute {
             return self.forward_in(x, dtype);
         }
+        let base = |x| linear_rows(x, self.linear.weight.val(), self.linear.bias.as_ref().map(|b| b.val()));
         match &self.lora {
-            None => self.linear.forward(x),
-            Some(adapter) => self.linear.forward(x.clone()) + adapter.forward(x),
+            None => base(x),
+            Some(adapter) => base(x.clone()) + adapter.forward(x),
         }
     }
 
@@ -101,7 +117,7 @@ impl Projection {
         let x = x.cast(dtype);
         let weight = self.linear.weight.val().cast(dtype);
         let bias = self.linear.bias.as_ref().map(|b| b.val().cast(dtype));
-        let mut y = burn::tensor::module::linear(x.clone(), weight, bias);
+        let mut y = linear_rows(x.clone(), weight, bias);
         if let Some(adapter) = &self.lora {
             y = y + adapter.forward_in(x, dtype);
         }

@@ -7,6 +7,7 @@ mod norm;
 mod rope;
 
 pub use attention::{Attention, AttentionConfig, LayerCache};
+pub(crate) use lora::linear_rows;
 pub use lora::{LoraAdapter, LoraConfig, LoraTargets, PROJECTIONS, Projection};
 pub use mlp::{Mlp, MlpConfig};
 pub use norm::{RmsNorm, RmsNormConfig};
