@@ -7,6 +7,7 @@ mod choices;
 mod data_args;
 mod device;
 mod devices;
+mod heap;
 mod logps;
 mod train;
 
@@ -143,6 +144,9 @@ struct ConvertArgs {
 
 fn main() -> ExitCode {
     let cli = parse_cli();
+    if matches!(cli.command, Command::Train(_) | Command::Logps(_) | Command::Generate(_)) {
+        heap::tune();
+    }
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
